@@ -1,0 +1,2 @@
+//! turnpike-server
+pub mod udp_batch;
