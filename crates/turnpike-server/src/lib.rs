@@ -1,2 +1,238 @@
-//! turnpike-server
+//! The tokio driver of Turnpike: sockets in, sockets out, the sans-IO core in between.
+//!
+//! [`Server::start`] binds every listener up front — so a port in use or a bad address fails
+//! start-up with a clear error instead of half a server — then runs:
+//!
+//! * **UDP** ([`udp`]): `udp_workers` OS threads, each with its own single-threaded runtime,
+//!   its own `SO_REUSEPORT` socket per listening address and its own copy of the STUN core. The
+//!   kernel spreads clients across workers by 4-tuple hash. Each worker receives with
+//!   `recvmmsg`, answers a whole batch, and sends with one `sendmmsg`; replies on wildcard
+//!   sockets carry `IP_PKTINFO` so they leave from the address the request arrived at.
+//! * **TCP** ([`tcp`]): STUN messages back to back on a stream (RFC 8489 §6.2.2), with a
+//!   connection cap, an idle timeout and a maximum message size.
+//! * **HTTP** ([`http`]): `/healthz` and `/readyz`; and Prometheus `/metrics` on its own
+//!   address ([`metrics`]).
+//!
+//! [`RunningServer::shutdown`] stops everything gracefully: `/readyz` turns unready, listeners
+//! stop, workers finish their current batch.
+
+pub mod http;
+pub mod metrics;
+pub mod tcp;
+pub mod udp;
 pub mod udp_batch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use turnpike_relay_core::StunConfig;
+
+pub use metrics::Metrics;
+
+/// Everything the driver needs, already validated (the CLI builds it from flags, file and
+/// environment).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Primary STUN listening addresses (UDP and TCP on each).
+    pub listen: Vec<SocketAddr>,
+    /// The STUN core configuration, including the RFC 5780 address sets. Their addresses that
+    /// are not in `listen` are bound as well.
+    pub stun: StunConfig,
+    /// HTTP address for health endpoints; `None` disables HTTP.
+    pub http: Option<SocketAddr>,
+    /// Prometheus metrics address; `None` disables it.
+    pub metrics: Option<SocketAddr>,
+    /// Number of UDP worker threads (at least 1).
+    pub udp_workers: usize,
+    /// Maximum simultaneous TCP connections (all listeners together).
+    pub tcp_max_connections: usize,
+    /// Close a TCP connection after this long without a complete message.
+    pub tcp_idle_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Every STUN address to bind: the `listen` addresses, then the extra RFC 5780 ones.
+    pub fn stun_addresses(&self) -> Vec<SocketAddr> {
+        let mut all = self.listen.clone();
+        for set in [&self.stun.discovery_v4, &self.stun.discovery_v6]
+            .into_iter()
+            .flatten()
+        {
+            for a in set.addresses() {
+                if !all.contains(&a) {
+                    all.push(a);
+                }
+            }
+        }
+        all
+    }
+}
+
+/// Shared state between the parts of a running server.
+#[derive(Debug)]
+pub struct Shared {
+    /// Counters.
+    pub metrics: Metrics,
+    /// Whether the server accepts traffic (false once shutdown starts).
+    pub ready: AtomicBool,
+}
+
+/// A started server.
+pub struct RunningServer {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    udp: Vec<std::thread::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    addresses: Vec<SocketAddr>,
+    http: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+}
+
+/// Entry point.
+pub struct Server;
+
+impl Server {
+    /// Binds every listener and starts serving. Must be called inside a multi-threaded tokio
+    /// runtime (TCP and HTTP run there; UDP workers get their own threads).
+    pub async fn start(config: ServerConfig) -> Result<RunningServer> {
+        let shared = Arc::new(Shared {
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
+        });
+        let (tx, rx) = watch::channel(false);
+        let addresses = config.stun_addresses();
+
+        // Bind everything first, so any error stops start-up before anything runs.
+        let udp_sockets = udp::bind_all(&addresses, config.udp_workers)?;
+        let tcp_listeners = tcp::bind_all(&addresses)?;
+        let http_listener = match config.http {
+            Some(a) => Some(bind_tcp(a, "HTTP (--http)").await?),
+            None => None,
+        };
+        let metrics_listener = match config.metrics {
+            Some(a) => Some(bind_tcp(a, "metrics (--metrics)").await?),
+            None => None,
+        };
+        let http = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let metrics = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+
+        let udp = udp::spawn_workers(udp_sockets, &config.stun, shared.clone(), rx.clone())?;
+        let mut tasks = tcp::spawn(tcp_listeners, &config, shared.clone(), rx.clone());
+        if let Some(l) = http_listener {
+            tasks.push(tokio::spawn(http::serve_health(
+                l,
+                shared.clone(),
+                rx.clone(),
+            )));
+        }
+        if let Some(l) = metrics_listener {
+            tasks.push(tokio::spawn(http::serve_metrics(
+                l,
+                shared.clone(),
+                rx.clone(),
+            )));
+        }
+        shared.ready.store(true, Ordering::SeqCst);
+        tracing::info!(
+            stun = ?addresses,
+            http = ?http,
+            metrics = ?metrics,
+            udp_workers = config.udp_workers,
+            "turnpike ready"
+        );
+        Ok(RunningServer {
+            shared,
+            shutdown: tx,
+            udp,
+            tasks,
+            addresses,
+            http,
+            metrics,
+        })
+    }
+}
+
+async fn bind_tcp(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| bind_error(e, addr, what))
+        .with_context(|| format!("cannot start the {what} listener"))
+}
+
+/// A bind error that says what to do about it.
+pub(crate) fn bind_error(e: std::io::Error, addr: SocketAddr, what: &str) -> anyhow::Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another process (another STUN/TURN server?) already uses this port; stop it or choose another address"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "this IP address is not configured on any interface of this host"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        }
+        _ => "check the address",
+    };
+    anyhow::anyhow!("cannot bind {what} on {addr}: {e} ({hint})")
+}
+
+impl RunningServer {
+    /// Shared state (metrics, readiness).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The STUN addresses served (UDP and TCP).
+    pub fn addresses(&self) -> &[SocketAddr] {
+        &self.addresses
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    /// The bound metrics address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
+    /// Stops accepting traffic, lets workers finish their current batch, and waits (at most
+    /// `grace`) for everything to end.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shared.ready.store(false, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        let tasks = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(grace, tasks).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "some connections did not close in time; dropping them"
+            );
+        }
+        let udp = self.udp;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in udp {
+                let _ = t.join();
+            }
+        })
+        .await;
+        tracing::info!("turnpike stopped");
+    }
+}
+
+/// Resolves once shutdown has been signalled (or the sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // The guard returned by wait_for is dropped here, keeping callers' futures Send.
+    let _ = rx.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,297 @@
+//! Prometheus counters for the STUN server, rendered in the text exposition format.
+//!
+//! Every label set is fixed and known up front, so counters are plain atomics in arrays: no
+//! locks, no maps, no allocation when counting. UDP workers count into a [`LocalCounters`]
+//! (plain integers) and [`LocalCounters::flush`] once per receive batch, so the hot path does not
+//! bounce cache lines between cores.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use turnpike_proto::Class;
+use turnpike_relay_core::{Action, DropReason, Outcome, Transport};
+
+/// Error codes with their own label; anything else counts as `other`.
+pub const ERROR_CODES: [u16; 14] = [
+    300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508,
+];
+const N_CODES: usize = ERROR_CODES.len() + 1;
+const N_DROPS: usize = DropReason::ALL.len();
+const METHODS: [&str; 2] = ["binding", "other"];
+const CLASSES: [Class; 4] = [
+    Class::Request,
+    Class::Indication,
+    Class::Success,
+    Class::Error,
+];
+const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
+
+fn transport_index(t: Transport) -> usize {
+    match t {
+        Transport::Udp => 0,
+        Transport::Tcp => 1,
+    }
+}
+
+fn code_index(code: u16) -> usize {
+    ERROR_CODES
+        .iter()
+        .position(|&c| c == code)
+        .unwrap_or(ERROR_CODES.len())
+}
+
+fn drop_index(reason: DropReason) -> usize {
+    DropReason::ALL
+        .iter()
+        .position(|&r| r == reason)
+        .unwrap_or(0)
+}
+
+/// Counters updated by one worker without synchronisation.
+#[derive(Debug, Default, Clone)]
+pub struct LocalCounters {
+    messages: [[[u64; 4]; 2]; 2],
+    responses: [[u64; 2]; 2],
+    errors: [[u64; N_CODES]; 2],
+    drops: [[u64; N_DROPS]; 2],
+}
+
+impl LocalCounters {
+    /// Counts one handled message.
+    pub fn count(&mut self, transport: Transport, outcome: &Outcome) {
+        let t = transport_index(transport);
+        if let Some((method, class)) = outcome.message {
+            let m = usize::from(method != turnpike_proto::method::BINDING);
+            self.messages[t][m][class as usize] += 1;
+        }
+        match outcome.action {
+            Action::Reply { error: None, .. } => self.responses[t][0] += 1,
+            Action::Reply {
+                error: Some(code), ..
+            } => {
+                self.responses[t][1] += 1;
+                self.errors[t][code_index(code)] += 1;
+            }
+            Action::Consumed => {}
+            Action::Drop(reason) => self.drop(transport, reason),
+        }
+    }
+
+    /// Counts a drop decided by the driver (e.g. an oversize datagram).
+    pub fn drop(&mut self, transport: Transport, reason: DropReason) {
+        self.drops[transport_index(transport)][drop_index(reason)] += 1;
+    }
+
+    /// Adds everything to `metrics` and resets to zero.
+    pub fn flush(&mut self, metrics: &Metrics) {
+        fn add<const N: usize>(dst: &[AtomicU64; N], src: &mut [u64; N]) {
+            for (d, s) in dst.iter().zip(src.iter_mut()) {
+                if *s != 0 {
+                    d.fetch_add(*s, Relaxed);
+                    *s = 0;
+                }
+            }
+        }
+        for t in 0..2 {
+            for m in 0..2 {
+                add(&metrics.messages[t][m], &mut self.messages[t][m]);
+            }
+            add(&metrics.responses[t], &mut self.responses[t]);
+            add(&metrics.errors[t], &mut self.errors[t]);
+            add(&metrics.drops[t], &mut self.drops[t]);
+        }
+    }
+}
+
+/// The process-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    messages: [[[AtomicU64; 4]; 2]; 2],
+    responses: [[AtomicU64; 2]; 2],
+    errors: [[AtomicU64; N_CODES]; 2],
+    drops: [[AtomicU64; N_DROPS]; 2],
+    /// TCP connections accepted.
+    pub tcp_accepted: AtomicU64,
+    /// TCP connections refused because the connection cap was reached.
+    pub tcp_rejected: AtomicU64,
+    /// TCP connections closed for idleness.
+    pub tcp_idle_closed: AtomicU64,
+    /// TCP connections open now.
+    pub tcp_active: AtomicU64,
+    /// UDP datagrams the kernel refused to send.
+    pub udp_send_errors: AtomicU64,
+}
+
+impl Metrics {
+    /// Total messages counted with this method class (all transports), for tests.
+    pub fn messages(&self, binding: bool, class: Class) -> u64 {
+        let m = usize::from(!binding);
+        (0..2)
+            .map(|t| self.messages[t][m][class as usize].load(Relaxed))
+            .sum()
+    }
+
+    /// Total drops for `reason` (all transports), for tests.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        (0..2)
+            .map(|t| self.drops[t][drop_index(reason)].load(Relaxed))
+            .sum()
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(8192);
+        let _ = writeln!(
+            s,
+            "# HELP turnpike_build_info Build information.\n# TYPE turnpike_build_info gauge"
+        );
+        let _ = writeln!(
+            s,
+            "turnpike_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+
+        let _ = writeln!(
+            s,
+            "# HELP turnpike_stun_messages_total STUN messages received, by transport, method and class."
+        );
+        let _ = writeln!(s, "# TYPE turnpike_stun_messages_total counter");
+        for (t, tn) in TRANSPORTS.iter().enumerate() {
+            for (m, mn) in METHODS.iter().enumerate() {
+                for (c, cn) in CLASSES.iter().enumerate() {
+                    let v = self.messages[t][m][c].load(Relaxed);
+                    let _ = writeln!(
+                        s,
+                        "turnpike_stun_messages_total{{transport=\"{tn}\",method=\"{mn}\",class=\"{}\"}} {v}",
+                        cn.as_str()
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP turnpike_stun_responses_total STUN responses sent, by transport and class."
+        );
+        let _ = writeln!(s, "# TYPE turnpike_stun_responses_total counter");
+        for (t, tn) in TRANSPORTS.iter().enumerate() {
+            for (k, kn) in ["success", "error"].iter().enumerate() {
+                let v = self.responses[t][k].load(Relaxed);
+                let _ = writeln!(
+                    s,
+                    "turnpike_stun_responses_total{{transport=\"{tn}\",class=\"{kn}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP turnpike_stun_errors_total STUN error responses sent, by transport and error code."
+        );
+        let _ = writeln!(s, "# TYPE turnpike_stun_errors_total counter");
+        for (t, tn) in TRANSPORTS.iter().enumerate() {
+            for i in 0..N_CODES {
+                let code = ERROR_CODES
+                    .get(i)
+                    .map_or_else(|| "other".to_owned(), u16::to_string);
+                let v = self.errors[t][i].load(Relaxed);
+                let _ = writeln!(
+                    s,
+                    "turnpike_stun_errors_total{{transport=\"{tn}\",code=\"{code}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP turnpike_stun_drops_total Messages dropped without a reply, by transport and reason."
+        );
+        let _ = writeln!(s, "# TYPE turnpike_stun_drops_total counter");
+        for (t, tn) in TRANSPORTS.iter().enumerate() {
+            for (i, r) in DropReason::ALL.iter().enumerate() {
+                let v = self.drops[t][i].load(Relaxed);
+                let _ = writeln!(
+                    s,
+                    "turnpike_stun_drops_total{{transport=\"{tn}\",reason=\"{}\"}} {v}",
+                    r.as_str()
+                );
+            }
+        }
+        for (name, help, kind, v) in [
+            (
+                "turnpike_tcp_connections_accepted_total",
+                "TCP connections accepted.",
+                "counter",
+                &self.tcp_accepted,
+            ),
+            (
+                "turnpike_tcp_connections_rejected_total",
+                "TCP connections refused at the connection cap.",
+                "counter",
+                &self.tcp_rejected,
+            ),
+            (
+                "turnpike_tcp_connections_idle_closed_total",
+                "TCP connections closed after the idle timeout.",
+                "counter",
+                &self.tcp_idle_closed,
+            ),
+            (
+                "turnpike_tcp_connections_active",
+                "TCP connections open now.",
+                "gauge",
+                &self.tcp_active,
+            ),
+            (
+                "turnpike_udp_send_errors_total",
+                "UDP datagrams the kernel refused to send.",
+                "counter",
+                &self.udp_send_errors,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_renders() {
+        let m = Metrics::default();
+        let mut l = LocalCounters::default();
+        let reply = |error| Outcome {
+            message: Some((1, Class::Request)),
+            action: Action::Reply {
+                from: "127.0.0.1:1".parse().unwrap(),
+                to: "127.0.0.1:2".parse().unwrap(),
+                error,
+                path: turnpike_relay_core::Path::Fast,
+            },
+        };
+        l.count(Transport::Udp, &reply(None));
+        l.count(Transport::Udp, &reply(Some(420)));
+        l.count(Transport::Tcp, &reply(Some(599)));
+        l.drop(Transport::Udp, DropReason::Oversize);
+        l.flush(&m);
+        l.flush(&m);
+        assert_eq!(m.messages(true, Class::Request), 3);
+        assert_eq!(m.drops(DropReason::Oversize), 1);
+        let text = m.render();
+        assert!(text.contains(
+            "turnpike_stun_messages_total{transport=\"udp\",method=\"binding\",class=\"request\"} 2"
+        ));
+        assert!(text.contains("turnpike_stun_errors_total{transport=\"udp\",code=\"420\"} 1"));
+        assert!(text.contains("turnpike_stun_errors_total{transport=\"tcp\",code=\"other\"} 1"));
+        assert!(
+            text.contains("turnpike_stun_drops_total{transport=\"udp\",reason=\"oversize\"} 1")
+        );
+        assert!(
+            text.contains("turnpike_stun_responses_total{transport=\"udp\",class=\"success\"} 1")
+        );
+    }
+}

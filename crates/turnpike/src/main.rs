@@ -1,0 +1,82 @@
+//! `turnpike`: STUN/TURN relay, WebRTC signaling hub and NAT diagnosis in one binary.
+
+mod config;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use config::{LogFormat, ServeArgs, Settings};
+
+/// Turnpike: a WebRTC connectivity server (STUN/TURN, signaling, NAT diagnosis).
+#[derive(Debug, Parser)]
+#[command(name = "turnpike", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: STUN (RFC 8489, RFC 5780) on UDP and TCP, health and metrics endpoints.
+    Serve(ServeArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() -> Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("cannot install the SIGINT handler")?; Ok("SIGINT") }
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let settings = Settings::load(&args)?;
+    if args.print_config {
+        print!("{}", settings.to_toml()?);
+        return Ok(());
+    }
+    let config = settings.server_config()?;
+    init_logging(settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("turnpike")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = turnpike_server::Server::start(config).await?;
+        let signal = shutdown_signal().await?;
+        tracing::info!(signal, "shutting down");
+        server.shutdown(Duration::from_secs(5)).await;
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("turnpike: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
