@@ -1,0 +1,151 @@
+//! Starting and stopping the real binary.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_turnpike");
+
+/// A port free for both UDP and TCP on `ip` (e.g. "127.0.0.1", "[::1]", "0.0.0.0"), and for
+/// port + 1 (the RFC 5780 alternate port).
+pub fn free_port(ip: &str) -> u16 {
+    for _ in 0..100 {
+        let u = UdpSocket::bind(format!("{ip}:0")).expect("bind probe");
+        let port = u.local_addr().unwrap().port();
+        if port == u16::MAX {
+            continue;
+        }
+        let ok = TcpListener::bind(format!("{ip}:{port}")).is_ok()
+            && UdpSocket::bind(format!("{ip}:{}", port + 1)).is_ok()
+            && TcpListener::bind(format!("{ip}:{}", port + 1)).is_ok();
+        if ok {
+            return port;
+        }
+    }
+    panic!("no free port pair on {ip}");
+}
+
+/// A running `turnpike serve`, killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+    /// Its metrics address.
+    pub metrics: SocketAddr,
+}
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TURNPIKE_") {
+            c.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+impl Server {
+    /// Starts `turnpike serve ARGS` with HTTP and metrics on free loopback ports, and waits
+    /// until `/readyz` answers.
+    pub fn start(args: &[&str]) -> Server {
+        let http = free_tcp();
+        let metrics = free_tcp();
+        let mut all = vec!["serve", "--log-format", "json"];
+        let http_s = http.to_string();
+        let metrics_s = metrics.to_string();
+        all.extend_from_slice(&["--http", &http_s, "--metrics", &metrics_s]);
+        if !args.contains(&"--udp-workers") {
+            all.extend_from_slice(&["--udp-workers", "1"]);
+        }
+        all.extend_from_slice(args);
+        let child = command(&all, &[])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start turnpike");
+        let mut srv = Server { child: Some(child), http, metrics };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = srv.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("turnpike exited during start-up: {status}");
+                }
+            }
+            if try_http_get(http, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+                return srv;
+            }
+            assert!(Instant::now() < deadline, "turnpike did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn signal_and_wait(mut self, signal: i32, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+        // SAFETY: kill(2) on our own child's pid with a valid signal number has no memory
+        // effects; the child has not been reaped yet, so the pid cannot have been reused.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill -{signal} failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("turnpike did not exit within {timeout:?} after signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server with SIGTERM and checks it exits cleanly.
+    pub fn stop(self) {
+        let status = self.signal_and_wait(15, Duration::from_secs(10));
+        assert!(status.success(), "turnpike exit status {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_tcp() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// GET over HTTP/1.1; panics on failure.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    try_http_get(addr, path).unwrap_or_else(|| panic!("GET {path} from {addr} failed"))
+}
+
+/// Runs `turnpike ARGS` to completion; returns (success, stdout + stderr).
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = command(args, env).output().expect("run turnpike");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every Turnpike check and test, installing what they need on a fresh Debian machine.
+# Usage (as root on a fresh machine, or as a developer with the prerequisites): tests/run.sh
+# Fails loudly when a prerequisite is missing and cannot be installed; never skips a suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+die() { printf 'tests/run.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# --- prerequisites ---------------------------------------------------------------------
+apt_install() {
+  # Installs the Debian packages given, if any of their commands are missing.
+  [ "$#" -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    die "missing Debian packages: $*; install them (apt-get install -y $*) or run as root"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed"
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null || die "apt-get install $* failed"
+}
+
+need_pkgs=()
+command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+apt_install "${need_pkgs[@]+"${need_pkgs[@]}"}"
+
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup) first"
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
+cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+
+# The loopback suites use 127.0.0.2 and ::1.
+python3 - <<'PY' 2>/dev/null || die "loopback addresses 127.0.0.2 and ::1 must be usable (IPv6 enabled on lo)"
+import socket
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(("127.0.0.2", 0))
+socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).bind(("::1", 0))
+PY
+
+# --- checks ------------------------------------------------------------------------------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo test (unit, RFC 5769 vectors, differential, loopback integration against the binary)"
+cargo test --workspace --locked
+
+say "all checks passed"
