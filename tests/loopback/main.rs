@@ -25,7 +25,9 @@ fn udp_client(bind: &str) -> UdpSocket {
 fn udp_exchange(sock: &UdpSocket, to: SocketAddr, req: &[u8]) -> (Response, SocketAddr) {
     sock.send_to(req, to).expect("send");
     let mut buf = [0u8; 2048];
-    let (n, from) = sock.recv_from(&mut buf).expect("a reply within the timeout");
+    let (n, from) = sock
+        .recv_from(&mut buf)
+        .expect("a reply within the timeout");
     (parse_response(&buf[..n]), from)
 }
 
@@ -48,7 +50,10 @@ fn binding_over_udp_and_tcp_on_ipv4_and_ipv6() {
         "--listen",
         &format!("[::1]:{p6}"),
     ]);
-    for (client, server) in [("127.0.0.1:0", format!("127.0.0.1:{p4}")), ("[::1]:0", format!("[::1]:{p6}"))] {
+    for (client, server) in [
+        ("127.0.0.1:0", format!("127.0.0.1:{p4}")),
+        ("[::1]:0", format!("[::1]:{p6}")),
+    ] {
         let server: SocketAddr = server.parse().unwrap();
         let sock = udp_client(client);
         let req = binding_request(&[], true);
@@ -79,7 +84,9 @@ fn tcp_back_to_back_and_partial_reads() {
     tcp.set_read_timeout(Some(T)).unwrap();
     tcp.set_nodelay(true).unwrap();
     // Three messages in one write.
-    let reqs: Vec<Vec<u8>> = (0..3).map(|i| binding_request(&[(attr::SOFTWARE, &[b'a' + i; 5])], i % 2 == 0)).collect();
+    let reqs: Vec<Vec<u8>> = (0..3)
+        .map(|i| binding_request(&[(attr::SOFTWARE, &[b'a' + i; 5])], i % 2 == 0))
+        .collect();
     tcp.write_all(&reqs.concat()).unwrap();
     for req in &reqs {
         let r = stun::read_tcp_response(&mut tcp);
@@ -127,16 +134,52 @@ fn tcp_many_connections_cap_and_idle_timeout() {
     extra.set_read_timeout(Some(T)).unwrap();
     let _ = extra.write_all(&binding_request(&[], false));
     let mut buf = [0u8; 64];
-    assert!(matches!(extra.read(&mut buf), Ok(0) | Err(_)), "over-cap connection is closed");
+    assert!(
+        matches!(extra.read(&mut buf), Ok(0) | Err(_)),
+        "over-cap connection is closed"
+    );
     let metrics = http_get(srv.metrics, "/metrics");
-    assert!(metrics.contains("turnpike_tcp_connections_rejected_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("turnpike_tcp_connections_rejected_total 1"),
+        "{metrics}"
+    );
 
     // After the idle timeout every connection is closed by the server.
     let start = Instant::now();
     for c in &mut conns {
         assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
     }
-    assert!(start.elapsed() < Duration::from_secs(3), "closed after about 1 s idle");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "closed after about 1 s idle"
+    );
+
+    // Trickling a partial message does not keep a connection alive.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let req = binding_request(&[(attr::SOFTWARE, &[b'x'; 64])], false);
+    let start = Instant::now();
+    let mut closed = false;
+    for b in &req[..req.len() - 1] {
+        if slow.write_all(std::slice::from_ref(b)).is_err() {
+            closed = true;
+            break;
+        }
+        match slow.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("no reply to an incomplete message"),
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "slowloris connection closed");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "closed at the idle deadline"
+    );
     // Freed slots are reusable.
     let mut again = TcpStream::connect(addr).unwrap();
     again.set_read_timeout(Some(T)).unwrap();
@@ -149,13 +192,21 @@ fn tcp_many_connections_cap_and_idle_timeout() {
 fn rfc5780_with_two_ips() {
     let p = free_port("127.0.0.1");
     let alt = p + 1;
-    let srv = Server::start(&["--listen", &format!("127.0.0.1:{p}"), "--alternate-ip", "127.0.0.2"]);
+    let srv = Server::start(&[
+        "--listen",
+        &format!("127.0.0.1:{p}"),
+        "--alternate-ip",
+        "127.0.0.2",
+    ]);
     let primary: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
     let sock = udp_client("127.0.0.1:0");
 
     let (r, from) = udp_exchange(&sock, primary, &binding_request(&[], true));
     assert_eq!(from, primary);
-    assert_eq!(r.other_address, Some(format!("127.0.0.2:{alt}").parse().unwrap()));
+    assert_eq!(
+        r.other_address,
+        Some(format!("127.0.0.2:{alt}").parse().unwrap())
+    );
     assert_eq!(r.response_origin, Some(primary));
 
     for (flags, expect) in [
@@ -164,9 +215,16 @@ fn rfc5780_with_two_ips() {
         (0x02, format!("127.0.0.1:{alt}")),
         (0x00, format!("127.0.0.1:{p}")),
     ] {
-        let (r, from) = udp_exchange(&sock, primary, &binding_request(&[(attr::CHANGE_REQUEST, &[0, 0, 0, flags])], true));
+        let (r, from) = udp_exchange(
+            &sock,
+            primary,
+            &binding_request(&[(attr::CHANGE_REQUEST, &[0, 0, 0, flags])], true),
+        );
         let expect: SocketAddr = expect.parse().unwrap();
-        assert_eq!(from, expect, "CHANGE-REQUEST {flags:#x} answered from the right socket");
+        assert_eq!(
+            from, expect,
+            "CHANGE-REQUEST {flags:#x} answered from the right socket"
+        );
         assert_eq!(r.response_origin, Some(expect));
         assert_eq!(r.xor_mapped, Some(sock.local_addr().unwrap()));
     }
@@ -187,15 +245,28 @@ fn rfc5780_with_two_ips() {
     let target = udp_client("127.0.0.1:0");
     let tport = target.local_addr().unwrap().port().to_be_bytes();
     for value in [&tport[..], &[tport[0], tport[1], 0, 0][..]] {
-        sock.send_to(&binding_request(&[(attr::RESPONSE_PORT, value)], true), primary).unwrap();
+        sock.send_to(
+            &binding_request(&[(attr::RESPONSE_PORT, value)], true),
+            primary,
+        )
+        .unwrap();
         let mut buf = [0u8; 512];
-        let (n, from) = target.recv_from(&mut buf).expect("reply at the RESPONSE-PORT");
+        let (n, from) = target
+            .recv_from(&mut buf)
+            .expect("reply at the RESPONSE-PORT");
         assert_eq!(from, primary);
-        assert_eq!(parse_response(&buf[..n]).xor_mapped, Some(sock.local_addr().unwrap()));
+        assert_eq!(
+            parse_response(&buf[..n]).xor_mapped,
+            Some(sock.local_addr().unwrap())
+        );
     }
 
     // PADDING is echoed.
-    let (r, _) = udp_exchange(&sock, primary, &binding_request(&[(attr::PADDING, &[0; 512])], true));
+    let (r, _) = udp_exchange(
+        &sock,
+        primary,
+        &binding_request(&[(attr::PADDING, &[0; 512])], true),
+    );
     assert_eq!(r.attr_len(attr::PADDING), Some(512));
 
     // RFC 3489 clients get MAPPED-ADDRESS, SOURCE-ADDRESS and CHANGED-ADDRESS.
@@ -214,7 +285,10 @@ fn rfc5780_with_two_ips() {
     let mut tcp = TcpStream::connect(format!("127.0.0.2:{alt}")).unwrap();
     tcp.set_read_timeout(Some(T)).unwrap();
     tcp.write_all(&binding_request(&[], false)).unwrap();
-    assert_eq!(stun::read_tcp_response(&mut tcp).other_address, Some(primary));
+    assert_eq!(
+        stun::read_tcp_response(&mut tcp).other_address,
+        Some(primary)
+    );
     srv.stop();
 }
 
@@ -224,7 +298,11 @@ fn single_ip_rejects_change_request() {
     let srv = Server::start(&["--listen", &format!("127.0.0.1:{p}")]);
     let primary: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
     let sock = udp_client("127.0.0.1:0");
-    let (r, from) = udp_exchange(&sock, primary, &binding_request(&[(attr::CHANGE_REQUEST, &[0, 0, 0, 0x06])], true));
+    let (r, from) = udp_exchange(
+        &sock,
+        primary,
+        &binding_request(&[(attr::CHANGE_REQUEST, &[0, 0, 0, 0x06])], true),
+    );
     assert_eq!(from, primary, "never answered from another address");
     assert_eq!(r.class, 0x0111);
     assert_eq!(r.error_code, Some(420));
@@ -287,16 +365,33 @@ fn bad_input_is_dropped_and_counted() {
     let m = http_get(srv.metrics, "/metrics");
     for (_, reason) in cases {
         assert!(
-            m.contains(&format!("turnpike_stun_drops_total{{transport=\"udp\",reason=\"{reason}\"}} 1")),
+            m.contains(&format!(
+                "turnpike_stun_drops_total{{transport=\"udp\",reason=\"{reason}\"}} 1"
+            )),
             "drop {reason} counted:\n{m}"
         );
     }
     // 420 for an unknown comprehension-required attribute, counted by code.
-    let (r, _) = udp_exchange(&sock, server, &binding_request(&[(0x0024, &[0, 0, 0, 1])], true));
-    assert_eq!((r.error_code, r.unknown_attributes.clone()), (Some(420), vec![0x0024]));
+    let (r, _) = udp_exchange(
+        &sock,
+        server,
+        &binding_request(&[(0x0024, &[0, 0, 0, 1])], true),
+    );
+    assert_eq!(
+        (r.error_code, r.unknown_attributes.clone()),
+        (Some(420), vec![0x0024])
+    );
     let m = http_get(srv.metrics, "/metrics");
-    assert!(m.contains("turnpike_stun_errors_total{transport=\"udp\",code=\"420\"} 1"), "{m}");
-    assert!(m.contains("turnpike_stun_messages_total{transport=\"udp\",method=\"binding\",class=\"request\"} 2"), "{m}");
+    assert!(
+        m.contains("turnpike_stun_errors_total{transport=\"udp\",code=\"420\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "turnpike_stun_messages_total{transport=\"udp\",method=\"binding\",class=\"request\"} 2"
+        ),
+        "{m}"
+    );
     // A Binding indication is accepted silently.
     let mut ind = binding_request(&[], true);
     ind[1] = 0x11;
@@ -311,13 +406,25 @@ fn bad_input_is_dropped_and_counted() {
 #[test]
 fn software_and_health_endpoints() {
     let p = free_port("127.0.0.1");
-    let srv = Server::start(&["--listen", &format!("127.0.0.1:{p}"), "--software", "turnpike-test"]);
+    let srv = Server::start(&[
+        "--listen",
+        &format!("127.0.0.1:{p}"),
+        "--software",
+        "turnpike-test",
+    ]);
     let sock = udp_client("127.0.0.1:0");
-    let (r, _) = udp_exchange(&sock, format!("127.0.0.1:{p}").parse().unwrap(), &binding_request(&[(attr::PADDING, &[0; 64])], true));
+    let (r, _) = udp_exchange(
+        &sock,
+        format!("127.0.0.1:{p}").parse().unwrap(),
+        &binding_request(&[(attr::PADDING, &[0; 64])], true),
+    );
     assert_eq!(r.software.as_deref(), Some("turnpike-test"));
     assert!(http_get(srv.http, "/healthz").starts_with("HTTP/1.1 200"));
     let ready = http_get(srv.http, "/readyz");
-    assert!(ready.starts_with("HTTP/1.1 200") && ready.ends_with("ready\n"), "{ready}");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.ends_with("ready\n"),
+        "{ready}"
+    );
     assert!(http_get(srv.http, "/nope").starts_with("HTTP/1.1 404"));
     let m = http_get(srv.metrics, "/metrics");
     assert!(m.contains("# TYPE turnpike_stun_messages_total counter"));
@@ -330,7 +437,10 @@ fn graceful_shutdown_on_sigterm_and_sigint() {
         let p = free_port("127.0.0.1");
         let srv = Server::start(&["--listen", &format!("127.0.0.1:{p}")]);
         let status = srv.signal_and_wait(signal, Duration::from_secs(10));
-        assert!(status.success(), "clean exit after signal {signal}: {status:?}");
+        assert!(
+            status.success(),
+            "clean exit after signal {signal}: {status:?}"
+        );
     }
 }
 
@@ -344,9 +454,25 @@ fn clear_startup_errors() {
     // Port in use.
     let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
-    let (ok, err) = run_to_exit(&["serve", "--listen", &format!("127.0.0.1:{port}"), "--http", "off", "--metrics", "off", "--udp-workers", "1"], &[]);
+    let (ok, err) = run_to_exit(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http",
+            "off",
+            "--metrics",
+            "off",
+            "--udp-workers",
+            "1",
+        ],
+        &[],
+    );
     assert!(!ok);
-    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("already uses this port"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("already uses this port"),
+        "{err}"
+    );
 
     // Bad address.
     let (ok, err) = run_to_exit(&["serve", "--listen", "127.0.0.1"], &[]);
@@ -359,10 +485,22 @@ fn clear_startup_errors() {
     std::fs::write(&file, "listen = [\"127.0.0.1:3478\"]\n\nsoftwar = \"x\"\n").unwrap();
     let (ok, err) = run_to_exit(&["serve", "--config", file.to_str().unwrap()], &[]);
     assert!(!ok);
-    assert!(err.contains("softwar") && err.contains("line 3") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("softwar") && err.contains("line 3") && err.contains("bad.toml"),
+        "{err}"
+    );
 
     // RFC 5780 on a wildcard primary.
-    let (ok, err) = run_to_exit(&["serve", "--listen", "0.0.0.0:3478", "--alternate-ip", "127.0.0.2"], &[]);
+    let (ok, err) = run_to_exit(
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:3478",
+            "--alternate-ip",
+            "127.0.0.2",
+        ],
+        &[],
+    );
     assert!(!ok && err.contains("wildcard"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -377,16 +515,35 @@ fn print_config_layers_file_env_and_flags() {
     // File alone.
     let (ok, out) = run_to_exit(&["serve", "--config", path, "--print-config"], &[]);
     assert!(ok, "{out}");
-    assert!(out.contains("software = \"from-file\"") && out.contains("http = \"off\"") && out.contains("udp_workers = 3"), "{out}");
+    assert!(
+        out.contains("software = \"from-file\"")
+            && out.contains("http = \"off\"")
+            && out.contains("udp_workers = 3"),
+        "{out}"
+    );
     // Env beats file; flag beats env.
     let (ok, out) = run_to_exit(
-        &["serve", "--config", path, "--print-config", "--udp-workers", "5"],
-        &[("TURNPIKE_SOFTWARE", "from-env"), ("TURNPIKE_UDP_WORKERS", "4"), ("TURNPIKE_LISTEN", "127.0.0.1:2000,[::1]:2001")],
+        &[
+            "serve",
+            "--config",
+            path,
+            "--print-config",
+            "--udp-workers",
+            "5",
+        ],
+        &[
+            ("TURNPIKE_SOFTWARE", "from-env"),
+            ("TURNPIKE_UDP_WORKERS", "4"),
+            ("TURNPIKE_LISTEN", "127.0.0.1:2000,[::1]:2001"),
+        ],
     );
     assert!(ok, "{out}");
     assert!(out.contains("software = \"from-env\""), "{out}");
     assert!(out.contains("udp_workers = 5"), "{out}");
-    assert!(out.contains("listen = [\"127.0.0.1:2000\", \"[::1]:2001\"]"), "{out}");
+    assert!(
+        out.contains("listen = [\"127.0.0.1:2000\", \"[::1]:2001\"]"),
+        "{out}"
+    );
     assert!(out.contains("http = \"off\""), "{out}");
     // The shipped example file is valid and equals the defaults.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/turnpike.toml");

@@ -3,7 +3,8 @@
 //! Each connection reads into a bounded buffer, cuts complete messages by their length field
 //! (partial reads just wait for more), answers them in order, and closes on a non-STUN byte, a
 //! message over [`MAX_MESSAGE`] bytes, or [`ServerConfig::tcp_idle_timeout`] without a complete
-//! message. A semaphore caps connections across all listeners; connections over the cap are
+//! message (trickled partial messages do not count as activity, and a peer that stops reading
+//! our replies is closed at the same deadline). A semaphore caps connections across all listeners; connections over the cap are
 //! closed at once and counted.
 
 use std::net::SocketAddr;
@@ -129,6 +130,9 @@ async fn serve_connection(
     let mut filled = 0;
     let mut out = Vec::with_capacity(2 * MAX_MESSAGE);
     let mut counters = LocalCounters::default();
+    // The idle deadline moves only when a complete message arrives, so a peer that trickles
+    // bytes without ever finishing a message (slowloris) is still closed on time.
+    let mut deadline = tokio::time::Instant::now() + idle;
     loop {
         // Answer every complete message already buffered.
         let mut consumed = 0;
@@ -173,15 +177,26 @@ async fn serve_connection(
             consumed += len;
         }
         counters.flush(&shared.metrics);
-        if !out.is_empty() && stream.write_all(&out).await.is_err() {
-            return;
+        if consumed > 0 {
+            deadline = tokio::time::Instant::now() + idle;
+        }
+        // A peer that stops reading must not pin the connection slot: writes share the deadline.
+        if !out.is_empty() {
+            match tokio::time::timeout_at(deadline, stream.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    shared.metrics.tcp_idle_closed.fetch_add(1, Relaxed);
+                    return;
+                }
+            }
         }
         buf.copy_within(consumed..filled, 0);
         filled -= consumed;
 
         let read = tokio::select! {
             _ = crate::stopped(&mut shutdown) => return,
-            r = tokio::time::timeout(idle, stream.read(&mut buf[filled..])) => r,
+            r = tokio::time::timeout_at(deadline, stream.read(&mut buf[filled..])) => r,
         };
         match read {
             Err(_) => {
