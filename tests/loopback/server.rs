@@ -69,7 +69,11 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start turnpike");
-        let mut srv = Server { child: Some(child), http, metrics };
+        let mut srv = Server {
+            child: Some(child),
+            http,
+            metrics,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(c) = srv.child.as_mut() {
@@ -131,7 +135,11 @@ fn free_tcp() -> SocketAddr {
 fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)

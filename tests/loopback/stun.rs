@@ -61,7 +61,11 @@ fn fastrand() -> u8 {
     static STATE: AtomicU64 = AtomicU64::new(0);
     let mut s = STATE.load(Ordering::Relaxed);
     if s == 0 {
-        s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+        s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
     }
     s ^= s << 13;
     s ^= s >> 7;
@@ -90,7 +94,10 @@ impl Response {
         self.attrs.iter().any(|(a, _)| *a == t)
     }
     pub fn attr_len(&self, t: u16) -> Option<usize> {
-        self.attrs.iter().find(|(a, _)| *a == t).map(|(_, v)| v.len())
+        self.attrs
+            .iter()
+            .find(|(a, _)| *a == t)
+            .map(|(_, v)| v.len())
     }
 }
 
@@ -125,7 +132,11 @@ fn walk(m: &[u8]) -> Vec<(u16, Vec<u8>)> {
 /// Parses an RFC 8489 response, checking framing and FINGERPRINT.
 pub fn parse_response(m: &[u8]) -> Response {
     assert!(m.len() >= 20 && m[4..8] == COOKIE, "STUN response");
-    assert_eq!(u16::from_be_bytes([m[2], m[3]]) as usize + 20, m.len(), "length field");
+    assert_eq!(
+        u16::from_be_bytes([m[2], m[3]]) as usize + 20,
+        m.len(),
+        "length field"
+    );
     let mut key = COOKIE.to_vec();
     key.extend_from_slice(&m[8..20]);
     let mut r = Response {
@@ -142,7 +153,10 @@ pub fn parse_response(m: &[u8]) -> Response {
             attr::SOFTWARE => r.software = Some(String::from_utf8(v.clone()).unwrap()),
             attr::ERROR_CODE => r.error_code = Some(u16::from(v[2]) * 100 + u16::from(v[3])),
             attr::UNKNOWN_ATTRIBUTES => {
-                r.unknown_attributes = v.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect()
+                r.unknown_attributes = v
+                    .chunks(2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                    .collect()
             }
             attr::FINGERPRINT => {
                 let crc = crc32fast::hash(&m[..at]) ^ 0x5354_554E;
