@@ -108,6 +108,11 @@ impl Server {
 
         // Bind everything first, so any error stops start-up before anything runs.
         let udp_sockets = udp::bind_all(&addresses, config.udp_workers)?;
+        // Port 0 was resolved by the first UDP socket; TCP takes the same port.
+        let addresses: Vec<SocketAddr> = udp_sockets
+            .first()
+            .map(|w| w.iter().map(|(a, _)| *a).collect())
+            .unwrap_or(addresses);
         let tcp_listeners = tcp::bind_all(&addresses)?;
         let http_listener = match config.http {
             Some(a) => Some(bind_tcp(a, "HTTP (--http)").await?),
