@@ -7,8 +7,9 @@
 //! attribute set the server decodes with. The differential test found the CHANGE-REQUEST bug
 //! and a second one, in message-type encoding (see [`error_response`]).
 //!
-//! The server uses this path for requests that carry RFC 5780 attributes, for every error
-//! response, and as the reference the zero-copy fast path is tested against: a differential
+//! The server uses this path for Binding requests that carry RFC 5780 attributes, and as the
+//! reference the zero-copy fast path is tested against (error responses are always written by
+//! [`crate::fast::ErrorResponse`]; [`error_response`] is their reference): a differential
 //! test checks that [`crate::MessageView`] and [`decode`] agree on every message, and that
 //! [`binding_success`] and [`crate::fast::BindingSuccess::encode`] produce identical bytes.
 

@@ -9,8 +9,8 @@
 //!   for almost every packet.
 //! * **The general path** ([`general`]): full decoding and encoding on the `stun_codec` crate with
 //!   an attribute set extended by the RFC 5780 attributes it lacks (PADDING, and a RESPONSE-PORT
-//!   that accepts both the 2- and the 4-byte encoding). It serves error responses and rarer
-//!   requests, and is the reference the fast path is tested against.
+//!   that accepts both the 2- and the 4-byte encoding). It serves the rarer requests (RFC 5780
+//!   attributes), and is the reference the fast path is tested against.
 //!
 //! RFC 3489 ("classic") messages have no magic cookie, which `stun_codec` refuses, so their
 //! responses are written by [`classic`].

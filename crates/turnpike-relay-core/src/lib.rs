@@ -23,9 +23,10 @@
 //!   configured for the address family: OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST (the
 //!   reply leaves from another local address), RESPONSE-PORT and PADDING.
 //! * Errors: 420 with UNKNOWN-ATTRIBUTES for unknown comprehension-required attributes
-//!   (including CHANGE-REQUEST when discovery is off, so a client never gets an answer from the
-//!   wrong address), 400 for malformed attributes, unsupported combinations and unknown
-//!   methods.
+//!   (including a CHANGE-REQUEST that asks for a change when discovery is off, so a client
+//!   never gets an answer from the wrong address), 400 for malformed attributes, unsupported
+//!   combinations (PADDING with RESPONSE-PORT, RESPONSE-PORT 0, changes over TCP) and unknown
+//!   methods. Error responses are written by the allocation-free writer.
 //! * Binding indications are accepted silently; responses and other indications are dropped.
 //!
 //! # Amplification
@@ -316,10 +317,12 @@ impl StunServer {
             return self.error(msg, view, &tid, 420, None, view.unknown(), out);
         }
         let set = self.discovery(msg.local).copied();
-        if view.change_request.is_some() && set.is_none() {
+        let asks_change = view.change_request.is_some_and(|c| c.ip || c.port);
+        if asks_change && set.is_none() {
             // Without a second address this server cannot do what CHANGE-REQUEST asks, so it
             // does not "understand" it (RFC 5780 §6.1): 420, never an answer from the wrong
-            // address.
+            // address. A CHANGE-REQUEST with no flag set asks for nothing and is answered
+            // normally (RFC 3489 tools send one in their first test).
             return self.error(msg, view, &tid, 420, None, &[attr::CHANGE_REQUEST], out);
         }
         if let Some(t) = view.malformed {
@@ -345,15 +348,24 @@ impl StunServer {
                         .map(|(ip, port)| ChangeRequest { ip, port });
                     (change, p.response_port, p.padding)
                 }
-                Err(general::CodecError::BrokenAttribute(_)) => {
-                    return self.error(msg, view, &tid, 400, Some("Malformed attribute"), &[], out);
-                }
+                // stun_codec checks the value of every attribute it knows (UTF-8 text,
+                // address families, ...), including ones a Binding request does not use. The
+                // view already rejected malformed attributes that Binding reads, and the
+                // differential test proves both paths agree on those, so use the view's.
+                Err(general::CodecError::BrokenAttribute(_)) => (
+                    view.change_request,
+                    view.response_port,
+                    view.padding.map(usize::from),
+                ),
                 Err(_) => return Action::Drop(DropReason::Malformed),
             }
         } else {
             (None, None, None)
         };
 
+        if response_port == Some(0) {
+            return self.error(msg, view, &tid, 400, Some("RESPONSE-PORT 0"), &[], out);
+        }
         if response_port.is_some() && padding.is_some() {
             // RFC 5780 §7.5/§7.6: PADDING with RESPONSE-PORT is an error.
             return self.error(
@@ -456,7 +468,7 @@ impl StunServer {
         if !view.unknown().is_empty() {
             return reply(out, 420, "Unknown Attribute", view.unknown());
         }
-        if view.change_request.is_some() && set.is_none() {
+        if view.change_request.is_some_and(|c| c.ip || c.port) && set.is_none() {
             return reply(out, 420, "Unknown Attribute", &[attr::CHANGE_REQUEST]);
         }
         if view.malformed.is_some() {

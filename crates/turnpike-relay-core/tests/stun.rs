@@ -255,7 +255,14 @@ fn comprehension_optional_unknowns_are_ignored() {
 #[test]
 fn change_request_without_second_ip_is_rejected() {
     let mut s = single();
-    for flags in [0u8, 2, 4, 6] {
+    // A CHANGE-REQUEST that asks for nothing is answered normally.
+    let r = udp(
+        &mut s,
+        "192.0.2.1:3478",
+        &binding(&[(attr::CHANGE_REQUEST, &[0, 0, 0, 0])]),
+    );
+    assert_eq!(r.error, None);
+    for flags in [2u8, 4, 6] {
         let r = udp(
             &mut s,
             "192.0.2.1:3478",
@@ -410,6 +417,30 @@ fn padding_with_response_port_is_400() {
     );
     assert_eq!(r.error, Some(400));
     assert_eq!(r.to, CLIENT.parse().unwrap());
+}
+
+#[test]
+fn text_attributes_binding_ignores_do_not_change_the_answer() {
+    // Invalid UTF-8 in USERNAME: stun_codec refuses it, but Binding does not use USERNAME, so
+    // the general path (taken here because of PADDING) answers like the fast path.
+    let mut s = discovery();
+    let bad_text: &[u8] = &[0xff, 0xfe, 0xfd];
+    let r = udp(
+        &mut s,
+        "198.51.100.1:3478",
+        &binding(&[(attr::USERNAME, bad_text)]),
+    );
+    assert_eq!((r.error, r.path), (None, Path::Fast));
+    let r = udp(
+        &mut s,
+        "198.51.100.1:3478",
+        &binding(&[(attr::USERNAME, bad_text), (attr::PADDING, &[0; 8])]),
+    );
+    assert_eq!(r.error, None);
+    assert_eq!(
+        r.msg().get_attribute::<Padding>().map(Padding::len),
+        Some(8)
+    );
 }
 
 #[test]

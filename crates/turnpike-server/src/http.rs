@@ -18,12 +18,17 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
+    if let Some(failure) = shared.failure() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {failure}\n"),
+        )
+    } else if shared.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: shutting down\n",
+            "not ready: shutting down\n".to_owned(),
         )
     }
 }

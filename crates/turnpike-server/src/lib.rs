@@ -79,6 +79,28 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Whether the server accepts traffic (false once shutdown starts).
     pub ready: AtomicBool,
+    /// Set when a part of the server stopped unexpectedly (a UDP worker or listener died);
+    /// `/readyz` then reports unready with the reason.
+    pub failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Records that a part of the server failed; `/readyz` turns unready.
+    pub fn fail(&self, what: String) {
+        tracing::error!(failure = %what, "server component failed");
+        // A poisoned lock only means another thread panicked while holding it; the
+        // Option inside is still valid.
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert(what);
+    }
+
+    /// The first recorded failure, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// A started server.
@@ -102,18 +124,21 @@ impl Server {
         let shared = Arc::new(Shared {
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
+            failure: std::sync::Mutex::new(None),
         });
         let (tx, rx) = watch::channel(false);
         let addresses = config.stun_addresses();
 
         // Bind everything first, so any error stops start-up before anything runs.
-        let udp_sockets = udp::bind_all(&addresses, config.udp_workers)?;
-        // Port 0 was resolved by the first UDP socket; TCP takes the same port.
-        let addresses: Vec<SocketAddr> = udp_sockets
-            .first()
-            .map(|w| w.iter().map(|(a, _)| *a).collect())
-            .unwrap_or(addresses);
+        // TCP first: its bind has no SO_REUSEPORT, so another server on the same port is
+        // caught before any UDP socket (which several workers share via SO_REUSEPORT) binds.
         let tcp_listeners = tcp::bind_all(&addresses)?;
+        // Port 0 was resolved by the TCP listener; UDP takes the same port.
+        let addresses = tcp_listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<std::io::Result<Vec<SocketAddr>>>()?;
+        let udp_sockets = udp::bind_all(&addresses, config.udp_workers)?;
         let http_listener = match config.http {
             Some(a) => Some(bind_tcp(a, "HTTP (--http)").await?),
             None => None,

@@ -41,10 +41,24 @@ fn code_index(code: u16) -> usize {
 }
 
 fn drop_index(reason: DropReason) -> usize {
-    DropReason::ALL
-        .iter()
-        .position(|&r| r == reason)
-        .unwrap_or(0)
+    use turnpike_proto::ParseError as P;
+    // The order matches `DropReason::ALL`; `drop_index_matches_all` checks every entry, so a
+    // reason added to ALL but not here fails that test.
+    match reason {
+        DropReason::Parse(P::TooShort) => 0,
+        DropReason::Parse(P::NotStun) => 1,
+        DropReason::Parse(P::BadLength) => 2,
+        DropReason::Parse(P::BadMagicCookie) => 3,
+        DropReason::Parse(P::Truncated) => 4,
+        DropReason::Parse(P::BadFingerprint) => 5,
+        DropReason::Oversize => 6,
+        DropReason::UnexpectedResponse => 7,
+        DropReason::UnsupportedIndication => 8,
+        DropReason::Malformed => 9,
+        DropReason::Amplification => 10,
+        // ParseError and DropReason are non_exhaustive across crates.
+        _ => 9,
+    }
 }
 
 /// Counters updated by one worker without synchronisation.
@@ -259,6 +273,13 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_index_matches_all() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(drop_index(*r), i, "{}", r.as_str());
+        }
+    }
 
     #[test]
     fn counts_and_renders() {

@@ -74,6 +74,29 @@ pub fn spawn(
     tasks
 }
 
+/// Holds a connection slot and the active-connections gauge; releases both on drop, even if
+/// the connection task panics.
+struct ActiveGuard {
+    shared: Arc<Shared>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ActiveGuard {
+    fn new(shared: Arc<Shared>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        shared.metrics.tcp_active.fetch_add(1, Relaxed);
+        ActiveGuard {
+            shared,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.shared.metrics.tcp_active.fetch_sub(1, Relaxed);
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     core: StunServer,
@@ -97,19 +120,17 @@ async fn accept_loop(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             shared.metrics.tcp_rejected.fetch_add(1, Relaxed);
-            tracing::debug!(%remote, "TCP connection cap reached; closing");
+            tracing::debug!("TCP connection cap reached; closing a new connection");
             drop(stream);
             continue;
         };
         shared.metrics.tcp_accepted.fetch_add(1, Relaxed);
-        shared.metrics.tcp_active.fetch_add(1, Relaxed);
+        let guard = ActiveGuard::new(shared.clone(), permit);
         let core = core.clone();
-        let shared = shared.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            serve_connection(stream, remote, core, idle, &shared, shutdown).await;
-            shared.metrics.tcp_active.fetch_sub(1, Relaxed);
-            drop(permit);
+            serve_connection(stream, remote, core, idle, &guard.shared, shutdown).await;
+            drop(guard);
         });
     }
 }
@@ -201,7 +222,7 @@ async fn serve_connection(
         match read {
             Err(_) => {
                 shared.metrics.tcp_idle_closed.fetch_add(1, Relaxed);
-                tracing::debug!(%remote, "TCP connection idle; closing");
+                tracing::debug!("TCP connection idle; closing");
                 return;
             }
             Ok(Ok(0)) | Ok(Err(_)) => return,

@@ -80,7 +80,9 @@ fn run_worker(
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(worker, error = %e, "cannot start UDP worker runtime");
+            shared.fail(format!(
+                "UDP worker {worker} could not start its runtime: {e}"
+            ));
             return;
         }
     };
@@ -91,7 +93,9 @@ fn run_worker(
             match UdpSocket::from_std(s) {
                 Ok(s) => socks.push((addr, s)),
                 Err(e) => {
-                    tracing::error!(worker, %addr, error = %e, "cannot register UDP socket");
+                    shared.fail(format!(
+                        "UDP worker {worker} could not register {addr}: {e}"
+                    ));
                     return;
                 }
             }
@@ -108,7 +112,9 @@ fn run_worker(
             )));
         }
         for t in tasks {
-            let _ = t.await;
+            if let Err(e) = t.await {
+                shared.fail(format!("UDP worker {worker} task failed: {e}"));
+            }
         }
     });
 }
@@ -133,7 +139,7 @@ async fn serve_socket(
             _ = crate::stopped(&mut shutdown) => break,
             r = sock.readable() => {
                 if let Err(e) = r {
-                    tracing::error!(%bound, error = %e, "UDP socket failed");
+                    shared.fail(format!("UDP socket {bound} failed: {e}"));
                     break;
                 }
             }
@@ -190,7 +196,12 @@ async fn serve_socket(
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             } else {
-                tracing::warn!(%from, "no socket for the requested source address");
+                // Unreachable by construction: the core only picks addresses of the AddressSet,
+                // and every one of them is bound. Count it rather than log per packet.
+                shared
+                    .metrics
+                    .udp_send_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         flush(sock, &mut send, &shared).await;

@@ -153,7 +153,8 @@ pub struct ServeArgs {
     /// Maximum simultaneous STUN TCP connections [default: 10000].
     #[arg(long, env = "TURNPIKE_TCP_MAX_CONNECTIONS", value_name = "N")]
     pub tcp_max_connections: Option<usize>,
-    /// Seconds a STUN TCP connection may stay silent before it is closed [default: 300].
+    /// Seconds a STUN TCP connection may go without sending a complete message before it is
+    /// closed [default: 300].
     #[arg(long, env = "TURNPIKE_TCP_IDLE_TIMEOUT", value_name = "SECS")]
     pub tcp_idle_timeout: Option<u64>,
     /// Print the merged configuration as TOML and exit.
@@ -269,6 +270,12 @@ impl Settings {
             if s.chars().count() >= 128 {
                 bail!("--software must be shorter than 128 characters (RFC 8489 §14.14)");
             }
+        }
+        if self.tcp_max_connections == 0 {
+            bail!("--tcp-max-connections must be at least 1");
+        }
+        if self.alternate_port.is_some() && self.alternate_ip.is_empty() {
+            bail!("--alternate-port needs --alternate-ip (RFC 5780 uses two IPs and two ports)");
         }
         if self.tcp_idle_timeout == 0 {
             bail!("--tcp-idle-timeout must be at least 1 second");
@@ -455,6 +462,8 @@ mod tests {
         );
         bad(|s| s.software = Some("x".repeat(200)), "128");
         bad(|s| s.listen = vec![], "--listen");
+        bad(|s| s.alternate_port = Some(4000), "needs --alternate-ip");
+        bad(|s| s.tcp_max_connections = 0, "at least 1");
         bad(
             |s| s.listen = vec!["10.0.0.1:1".parse().unwrap(), "10.0.0.1:1".parse().unwrap()],
             "twice",

@@ -29,6 +29,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),
@@ -47,11 +48,12 @@ async fn shutdown_signal() -> Result<&'static str> {
 
 fn serve(args: ServeArgs) -> Result<()> {
     let settings = Settings::load(&args)?;
+    // Validate before printing, so --print-config never shows a configuration serve rejects.
+    let config = settings.server_config()?;
     if args.print_config {
         print!("{}", settings.to_toml()?);
         return Ok(());
     }
-    let config = settings.server_config()?;
     init_logging(settings.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
