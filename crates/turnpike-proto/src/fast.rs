@@ -12,6 +12,7 @@ const FAMILY_V4: u8 = 0x01;
 const FAMILY_V6: u8 = 0x02;
 
 /// Appends a STUN header with a zero length; [`finish`] fills the length in.
+#[inline]
 pub fn write_header(out: &mut Vec<u8>, method: u16, class: Class, transaction_id: &[u8; 12]) {
     out.extend_from_slice(&message_type(method, class).to_be_bytes());
     out.extend_from_slice(&[0, 0]);
@@ -20,6 +21,7 @@ pub fn write_header(out: &mut Vec<u8>, method: u16, class: Class, transaction_id
 }
 
 /// Sets the header length field from the bytes after the header (starting at `start`).
+#[inline]
 fn set_len(out: &mut [u8], start: usize, extra: usize) {
     let body = out.len() - start - HEADER_LEN + extra;
     // Bodies are bounded far below 64 KiB by the callers; saturate rather than wrap.
@@ -28,6 +30,7 @@ fn set_len(out: &mut [u8], start: usize, extra: usize) {
 }
 
 /// Appends an attribute with `value`, padded to a multiple of 4 with zeros.
+#[inline]
 pub fn write_attr(out: &mut Vec<u8>, t: u16, value: &[u8]) {
     let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&t.to_be_bytes());
@@ -36,6 +39,7 @@ pub fn write_attr(out: &mut Vec<u8>, t: u16, value: &[u8]) {
     pad(out, usize::from(len));
 }
 
+#[inline]
 fn pad(out: &mut Vec<u8>, len: usize) {
     let n = (4 - len % 4) % 4;
     out.extend_from_slice(&[0u8; 3][..n]);
@@ -43,6 +47,7 @@ fn pad(out: &mut Vec<u8>, len: usize) {
 
 /// Appends a MAPPED-ADDRESS-style attribute (plain address: MAPPED-ADDRESS, RESPONSE-ORIGIN,
 /// OTHER-ADDRESS, SOURCE-ADDRESS, CHANGED-ADDRESS, ALTERNATE-SERVER).
+#[inline]
 pub fn write_addr_attr(out: &mut Vec<u8>, t: u16, addr: SocketAddr) {
     out.extend_from_slice(&t.to_be_bytes());
     match addr.ip() {
@@ -62,6 +67,7 @@ pub fn write_addr_attr(out: &mut Vec<u8>, t: u16, addr: SocketAddr) {
 }
 
 /// Appends an XOR-MAPPED-ADDRESS-style attribute (RFC 8489 §14.2).
+#[inline]
 pub fn write_xor_addr_attr(out: &mut Vec<u8>, t: u16, addr: SocketAddr, transaction_id: &[u8; 12]) {
     let cookie = MAGIC_COOKIE.to_be_bytes();
     let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
@@ -97,6 +103,7 @@ pub fn write_xor_addr_attr(out: &mut Vec<u8>, t: u16, addr: SocketAddr, transact
 }
 
 /// Appends FINGERPRINT over the message that starts at `start` and sets the final length.
+#[inline]
 pub fn finish_with_fingerprint(out: &mut Vec<u8>, start: usize) {
     set_len(out, start, 8);
     let crc = crate::fingerprint(&out[start..]);
@@ -106,6 +113,7 @@ pub fn finish_with_fingerprint(out: &mut Vec<u8>, start: usize) {
 }
 
 /// Sets the final length of the message that starts at `start` (no FINGERPRINT).
+#[inline]
 pub fn finish(out: &mut [u8], start: usize) {
     set_len(out, start, 0);
 }
@@ -145,6 +153,7 @@ pub struct BindingSuccess<'a> {
 
 impl BindingSuccess<'_> {
     /// The encoded size in bytes.
+    #[inline]
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN
             + addr_attr_len(&self.mapped)
@@ -156,6 +165,7 @@ impl BindingSuccess<'_> {
     }
 
     /// Appends the encoded response to `out`.
+    #[inline]
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         write_header(

@@ -139,6 +139,7 @@ impl<'a> MessageView<'a> {
     /// Accepts RFC 5389/8489 messages of any class and method, and RFC 3489 Binding requests
     /// (no magic cookie). Everything after MESSAGE-INTEGRITY other than
     /// MESSAGE-INTEGRITY-SHA256 and FINGERPRINT is ignored, as RFC 8489 §14.5 requires.
+    #[inline]
     pub fn parse(buf: &'a [u8]) -> Result<Self, ParseError> {
         if buf.len() < HEADER_LEN {
             return Err(ParseError::TooShort);
@@ -167,23 +168,10 @@ impl<'a> MessageView<'a> {
             TransactionId::Classic(id)
         };
 
-        let mut view = MessageView {
-            buf,
-            method,
-            class,
-            transaction_id,
-            fingerprint: false,
-            change_request: None,
-            response_port: None,
-            padding: None,
-            software: false,
-            integrity: false,
-            malformed: None,
-            unknown: [0; MAX_UNKNOWN],
-            unknown_len: 0,
-            unknown_overflow: false,
-        };
-
+        // The attribute summary is gathered in locals and the view assembled only at the end, so
+        // it is written straight into the return slot instead of being built on the stack and
+        // copied (a copy whose wide loads stall on the narrow stores that built it).
+        let mut view = Summary::default();
         let mut at = HEADER_LEN;
         let mut after_integrity = false;
         while at < buf.len() {
@@ -219,7 +207,42 @@ impl<'a> MessageView<'a> {
             }
             at = value_at + padded;
         }
-        Ok(view)
+        Ok(MessageView {
+            buf,
+            method,
+            class,
+            transaction_id,
+            fingerprint: view.fingerprint,
+            change_request: view.change_request,
+            response_port: view.response_port,
+            padding: view.padding,
+            software: view.software,
+            integrity: view.integrity,
+            malformed: view.malformed,
+            unknown: view.unknown,
+            unknown_len: view.unknown_len,
+            unknown_overflow: view.unknown_overflow,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Summary {
+    fingerprint: bool,
+    change_request: Option<ChangeRequest>,
+    response_port: Option<u16>,
+    padding: Option<u16>,
+    software: bool,
+    integrity: bool,
+    malformed: Option<u16>,
+    unknown: [u16; MAX_UNKNOWN],
+    unknown_len: u8,
+    unknown_overflow: bool,
+}
+
+impl Summary {
+    fn unknown(&self) -> &[u16] {
+        &self.unknown[..usize::from(self.unknown_len)]
     }
 
     fn record(&mut self, t: u16, value: &[u8], modern: bool) {
@@ -299,7 +322,9 @@ impl<'a> MessageView<'a> {
             None => self.unknown_overflow = true,
         }
     }
+}
 
+impl<'a> MessageView<'a> {
     /// The unknown comprehension-required attribute types, in order of appearance, without
     /// duplicates, at most [`MAX_UNKNOWN`].
     pub fn unknown(&self) -> &[u16] {

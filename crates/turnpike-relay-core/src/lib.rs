@@ -221,6 +221,30 @@ pub const fn reply_limit(request_len: usize) -> usize {
     if double > 100 { double } else { 100 }
 }
 
+/// Trims SOFTWARE, then PADDING, until `resp` fits in `limit` bytes.
+fn fit_reply(resp: &mut BindingSuccess<'_>, limit: usize) -> Result<(), Action> {
+    if resp.encoded_len() > limit {
+        resp.software = None;
+    }
+    if let Some(p) = resp.padding {
+        let excess = resp.encoded_len().saturating_sub(limit);
+        let padded = (usize::from(p) + 3) & !3;
+        resp.padding = if excess == 0 {
+            Some(p)
+        } else if excess.next_multiple_of(4) < padded {
+            // Shorten PADDING to fit, keeping its length a multiple of 4.
+            u16::try_from(padded - excess.next_multiple_of(4)).ok()
+        } else {
+            // Not even an empty PADDING fits: leave it out.
+            None
+        };
+    }
+    if resp.encoded_len() > limit {
+        return Err(Action::Drop(DropReason::Amplification));
+    }
+    Ok(())
+}
+
 impl StunServer {
     /// A server with `config`.
     pub fn new(config: StunConfig) -> Self {
@@ -408,26 +432,14 @@ impl StunServer {
             padding: padding.map(|p| u16::try_from(p).unwrap_or(u16::MAX)),
             fingerprint: view.fingerprint,
         };
-        let limit = reply_limit(msg.data.len());
-        if resp.encoded_len() > limit {
-            resp.software = None;
+        // Without SOFTWARE and PADDING a reply is at most 100 bytes (header, three IPv6 address
+        // attributes, FINGERPRINT), within the bound for any request: skip the arithmetic.
+        if resp.software.is_some() || resp.padding.is_some() {
+            if let Err(drop) = fit_reply(&mut resp, reply_limit(msg.data.len())) {
+                return drop;
+            }
         }
-        if let Some(p) = resp.padding {
-            let excess = resp.encoded_len().saturating_sub(limit);
-            let p = usize::from(p);
-            resp.padding = if excess == 0 {
-                Some(p as u16)
-            } else if excess.next_multiple_of(4) < ((p + 3) & !3) {
-                // Shorten PADDING to fit, keeping its length a multiple of 4.
-                Some((((p + 3) & !3) - excess.next_multiple_of(4)) as u16)
-            } else {
-                // Not even an empty PADDING fits: leave it out.
-                None
-            };
-        }
-        if resp.encoded_len() > limit {
-            return Action::Drop(DropReason::Amplification);
-        }
+        debug_assert!(resp.encoded_len() <= reply_limit(msg.data.len()));
         if general_path {
             match general::binding_success(&resp).and_then(|m| general::encode(m, out)) {
                 Ok(()) => {}
