@@ -23,9 +23,14 @@
 #                       slowest target's closed-loop throughput
 #   REPEAT [1]          runs per measurement; the best one is reported
 #                       (highest throughput / lowest p99), all are kept
-#   TURNPIKE [auto]     auto: run turnpike if it builds and has the `serve`
+#   MAX_OTHER [10]      a run during which other processes used more than
+#                       this % of a core is "disturbed" (shared machine)...
+#   RETRIES [2]         ...and is retried up to this many extra times; a
+#                       row still disturbed is flagged in the table
+#   RUN_TURNPIKE [auto] auto: run turnpike if it builds and has the `serve`
 #                       flags, else skip it with a warning; 1: required; 0: skip
-#   SERVER_CORE [0]  CLIENT_CORE [1]  PORT_BASE [34780]
+#   SERVER_CORE [0]  CLIENT_CORE [1]
+#   PORT_BASE [34780]   first port tried; busy ports are skipped
 #   QUIET_WAIT [60]     seconds to wait for an idle machine before each run
 #                       (other builds running skew results); 0 = don't wait
 #   SKIP_BUILD [0]      1: use the existing target/release binaries
@@ -44,7 +49,9 @@ SOCKETS=${SOCKETS:-16}
 WINDOW=${WINDOW:-32}
 RATE=${RATE:-auto}
 REPEAT=${REPEAT:-1}
-TURNPIKE=${TURNPIKE:-auto}
+RETRIES=${RETRIES:-2}
+MAX_OTHER=${MAX_OTHER:-10}
+RUN_TURNPIKE=${RUN_TURNPIKE:-auto}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 PORT_BASE=${PORT_BASE:-34780}
@@ -62,7 +69,8 @@ SERVER_MAX_S=900
 STARTUP_TIMEOUT_S=15
 
 STAMP=$(date +%Y%m%d-%H%M%S)
-RUN_DIR="$ROOT/$OUT_DIR/udp-binding-$STAMP"
+[[ $OUT_DIR == /* ]] || OUT_DIR="$ROOT/$OUT_DIR"
+RUN_DIR="$OUT_DIR/udp-binding-$STAMP"
 
 log() { printf '[udp-binding] %s\n' "$*" >&2; }
 die() {
@@ -124,6 +132,7 @@ for v in DURATION WARMUP; do
     [[ ${!v} =~ ^[0-9]+([.][0-9]+)?$ ]] || die "$v must be a number of seconds"
 done
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer"
+[[ $RETRIES =~ ^[0-9]+$ ]] || die "RETRIES must be a non-negative integer"
 [[ $RATE == auto || $RATE =~ ^[1-9][0-9]*$ ]] || die "RATE must be 'auto' or a positive integer"
 
 # ---------------------------------------------------------------- build
@@ -132,12 +141,12 @@ TURNPIKE_WHY=""
 build() {
     if [[ $SKIP_BUILD == 1 ]]; then
         log "SKIP_BUILD=1: using existing binaries in $BIN"
-    elif [[ $TURNPIKE == 0 ]]; then
+    elif [[ $RUN_TURNPIKE == 0 ]]; then
         log "building turnpike-bench (release)"
         cargo build --release -p turnpike-bench
     elif cargo build --release -p turnpike -p turnpike-bench; then
         :
-    elif [[ $TURNPIKE == 1 ]]; then
+    elif [[ $RUN_TURNPIKE == 1 ]]; then
         die "cargo build --release -p turnpike -p turnpike-bench failed"
     else
         TURNPIKE_WHY="turnpike did not build"
@@ -145,7 +154,7 @@ build() {
         cargo build --release -p turnpike-bench
     fi
     [[ -x $FLOOD && -x $MINI ]] || die "turnpike-bench binaries missing in $BIN"
-    if [[ $TURNPIKE != 0 && -z $TURNPIKE_WHY ]]; then
+    if [[ $RUN_TURNPIKE != 0 && -z $TURNPIKE_WHY ]]; then
         if [[ ! -x $TURNPIKE_BIN ]]; then
             TURNPIKE_WHY="$TURNPIKE_BIN not found"
         elif ! "$TURNPIKE_BIN" serve --help 2>/dev/null | grep -q -- '--udp-workers'; then
@@ -154,11 +163,11 @@ build() {
             TURNPIKE_OK=1
         fi
     fi
-    if [[ $TURNPIKE != 0 && $TURNPIKE_OK == 0 ]]; then
-        [[ $TURNPIKE == 1 ]] && die "$TURNPIKE_WHY"
+    if [[ $RUN_TURNPIKE != 0 && $TURNPIKE_OK == 0 ]]; then
+        [[ $RUN_TURNPIKE == 1 ]] && die "$TURNPIKE_WHY"
         log "WARNING: skipping turnpike: $TURNPIKE_WHY"
     fi
-    [[ $TURNPIKE == 0 ]] && TURNPIKE_WHY="TURNPIKE=0"
+    [[ $RUN_TURNPIKE == 0 ]] && TURNPIKE_WHY="RUN_TURNPIKE=0"
     return 0
 }
 
@@ -180,7 +189,19 @@ ensure_coturn() {
 # given port and waits until it answers a Binding request.
 
 port_free() {
-    ! ss -Hlun "sport = :$1" 2>/dev/null | grep -q .
+    ! ss -Hlun "sport = :$1" 2>/dev/null | grep -q . &&
+        ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
+}
+
+# free_port START: first port >= START free for UDP and TCP (other servers may
+# run on this machine). Callers pass increasing STARTs.
+free_port() {
+    local p=$1
+    while ! port_free "$p"; do
+        p=$((p + 1))
+        ((p < 65000)) || die "no free port found from $1"
+    done
+    echo "$p"
 }
 
 wait_ready() {
@@ -235,14 +256,19 @@ start_turnpike() {
 # Target table: name|port|start command|client pinned (yes/no)|note
 TARGETS=()
 define_targets() {
+    local p1 p2 p3 p4
+    p1=$(free_port "$PORT_BASE")
+    p2=$(free_port $((p1 + 10)))
     TARGETS=(
-        "coturn|$((PORT_BASE))|start_coturn $((PORT_BASE))|yes|core $SERVER_CORE, 1 relay thread"
-        "mini-responder|$((PORT_BASE + 10))|start_mini $((PORT_BASE + 10))|yes|core $SERVER_CORE, 1 thread"
+        "coturn|$p1|start_coturn $p1|yes|core $SERVER_CORE, 1 relay thread"
+        "mini-responder|$p2|start_mini $p2|yes|core $SERVER_CORE, 1 thread"
     )
     if [[ $TURNPIKE_OK == 1 ]]; then
+        p3=$(free_port $((p2 + 10)))
+        p4=$(free_port $((p3 + 10)))
         TARGETS+=(
-            "turnpike-w1|$((PORT_BASE + 20))|start_turnpike $((PORT_BASE + 20)) 1 yes|yes|core $SERVER_CORE, --udp-workers 1"
-            "turnpike-w2|$((PORT_BASE + 30))|start_turnpike $((PORT_BASE + 30)) 2 no|no|all cores, --udp-workers 2, client shares the cores"
+            "turnpike-w1|$p3|start_turnpike $p3 1 yes|yes|core $SERVER_CORE, --udp-workers 1"
+            "turnpike-w2|$p4|start_turnpike $p4 2 no|no|all cores, --udp-workers 2, client shares the cores"
         )
     fi
 }
@@ -274,36 +300,53 @@ wait_quiet() {
     done
 }
 
-# flood NAME KIND(throughput|latency) PORT CLIENT_PINNED [RATE]
-# Runs REPEAT times, writes NAME-KIND-N.json, and symlinks the best run to
-# NAME-KIND.json.
+# flood NAME KIND(throughput|latency) PORT CLIENT_PINNED SERVER_PID [RATE]
+# Runs REPEAT times (plus up to RETRIES more when a run was disturbed: other
+# processes used more than MAX_OTHER % of a core during it), writes
+# NAME-KIND-N.json and symlinks the best run to NAME-KIND.json (undisturbed
+# first, then highest throughput / lowest p99).
 flood() {
-    local name=$1 kind=$2 port=$3 pinned=$4 rate=${5:-} i out best="" best_score="" score
+    local name=$1 kind=$2 port=$3 pinned=$4 spid=$5 rate=${6:-}
+    local i=0 good=0 out txt best="" best_key="" key score other disturbed
     local args=(--server "127.0.0.1:$port" --sockets "$SOCKETS" --window "$WINDOW"
-        --duration "$DURATION" --warmup "$WARMUP" --json --label "$name/$kind")
+        --duration "$DURATION" --warmup "$WARMUP" --json --label "$name/$kind"
+        --server-pid "$spid")
     [[ $kind == latency ]] && args+=(--rate "$rate")
     local pin=()
     [[ $pinned == yes ]] && pin=(taskset -c "$CLIENT_CORE")
     local limit
     limit=$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN { printf "%d", d + w + 15 }')
-    for i in $(seq 1 "$REPEAT"); do
+    while ((good < REPEAT && i < REPEAT + RETRIES)); do
+        i=$((i + 1))
         wait_quiet
         out="$RUN_DIR/$name-$kind-$i.json"
-        log "$name: $kind run $i/$REPEAT${rate:+ at $rate/s} (idle check: cores busy % $LAST_BUSY)"
-        if ! timeout -k 5 "$limit" "${pin[@]}" "$FLOOD" "${args[@]}" >"$out" 2>"$RUN_DIR/$name-$kind-$i.txt"; then
-            cat "$RUN_DIR/$name-$kind-$i.txt" >&2
+        txt="$RUN_DIR/$name-$kind-$i.txt"
+        log "$name: $kind run $i${rate:+ at $rate/s} (idle check: cores busy % $LAST_BUSY)"
+        if ! timeout -k 5 "$limit" "${pin[@]}" "$FLOOD" "${args[@]}" >"$out" 2>"$txt"; then
+            cat "$txt" >&2
             die "stun-flood against $name failed (see $RUN_DIR/$name-$kind-$i.*)"
         fi
-        jq --arg busy "$LAST_BUSY" '. + {pre_run_core_busy: $busy}' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
-        sed 's/^/    /' "$RUN_DIR/$name-$kind-$i.txt" >&2
+        sed 's/^/    /' "$txt" >&2
+        other=$(jq '.other_cpu_pct // 0' "$out")
+        if awk -v o="$other" -v m="$MAX_OTHER" 'BEGIN { exit !(o > m) }'; then
+            disturbed=true
+            log "WARNING: run disturbed: other processes used ${other}% of a core (MAX_OTHER=$MAX_OTHER)"
+        else
+            disturbed=false
+            good=$((good + 1))
+        fi
+        jq --arg busy "$LAST_BUSY" --argjson d "$disturbed" \
+            '. + {pre_run_core_busy: $busy, disturbed: $d}' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
         if [[ $kind == throughput ]]; then
             score=$(jq '.responses_per_sec' "$out")
         else
             score=$(jq '-.p99_us' "$out")
         fi
-        if [[ -z $best ]] || awk -v a="$score" -v b="$best_score" 'BEGIN { exit !(a > b) }'; then
+        key="$([[ $disturbed == true ]] && echo 0 || echo 1) $score"
+        if [[ -z $best ]] || awk -v a="$key" -v b="$best_key" \
+            'BEGIN { split(a, x, " "); split(b, y, " "); exit !(x[1] > y[1] || (x[1] == y[1] && x[2] > y[2])) }'; then
             best=$out
-            best_score=$score
+            best_key=$key
         fi
     done
     ln -sf "$(basename "$best")" "$RUN_DIR/$name-$kind.json"
@@ -311,13 +354,16 @@ flood() {
 
 # phase KIND [RATE]: for each target, start the server, run, stop it.
 phase() {
-    local kind=$1 rate=${2:-} t name port start pinned note
+    local kind=$1 rate=${2:-} t name port start pinned note pid spid
     for t in "${TARGETS[@]}"; do
         IFS='|' read -r name port start pinned note <<<"$t"
         log "starting $name ($note) on 127.0.0.1:$port"
         $start
-        local pid=$BG_PID
-        flood "$name" "$kind" "$port" "$pinned" "$rate"
+        pid=$BG_PID
+        # The server is the child of `timeout` (taskset execs into it).
+        spid=$(pgrep -P "$pid" | head -1)
+        [[ -n $spid ]] || die "cannot find the pid of $name"
+        flood "$name" "$kind" "$port" "$pinned" "$spid" "$rate"
         stop_bg "$pid"
     done
 }
@@ -351,10 +397,15 @@ report() {
             "unless noted; $SOCKETS client sockets; throughput = closed loop, $WINDOW outstanding per socket;" \
             "latency = open loop at $rate req/s; ${DURATION}s measured after ${WARMUP}s warmup; best of $REPEAT."
         echo
-        echo "| target | setup | responses/s | p50 µs (max load) | p99 µs (max load) | p50 µs @ $rate/s | p99 µs @ $rate/s | lost | vs mini-responder | vs coturn | core busy % (c0/c1) |"
+        echo "| target | setup | responses/s | p50 µs (max load) | p99 µs (max load) | p50 µs @ $rate/s | p99 µs @ $rate/s | lost | vs mini-responder | vs coturn | server / client / other CPU % (max load) |"
         echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-        jq -r '.targets[] | "| \(.name) | \(.note) | \(.throughput.responses_per_sec | floor) | \(.throughput.p50_us) | \(.throughput.p99_us) | \(.latency.p50_us) | \(.latency.p99_us) | \(.throughput.lost + .latency.lost) | \(if .vs_mini_responder then (.vs_mini_responder * 100 | round / 100) else "-" end) | \(if .vs_coturn then (.vs_coturn * 100 | round / 100) else "-" end) | \(.throughput.core_busy_pct | map(round | tostring) | join("/")) |"' \
+        jq -r 'def r: if . == null then "?" else round end;
+            .targets[] | "| \(.name) | \(.note) | \(.throughput.responses_per_sec | floor) | \(.throughput.p50_us) | \(.throughput.p99_us) | \(.latency.p50_us) | \(.latency.p99_us) | \(.throughput.lost + .latency.lost) | \(if .vs_mini_responder then (.vs_mini_responder * 100 | round / 100) else "-" end) | \(if .vs_coturn then (.vs_coturn * 100 | round / 100) else "-" end) | \(.throughput.server_cpu_pct | r)/\(.throughput.client_cpu_pct | r)/\(.throughput.other_cpu_pct | r)\(if .throughput.disturbed or .latency.disturbed then " ⚠ disturbed" else "" end) |"' \
             "$RUN_DIR/summary.json"
+        if jq -e '[.targets[] | .throughput.disturbed, .latency.disturbed] | any' "$RUN_DIR/summary.json" >/dev/null; then
+            echo
+            echo "⚠ disturbed: other processes used more than $MAX_OTHER % of a core during that row's selected run even after $RETRIES retries; rerun on a quiet machine."
+        fi
         if [[ $TURNPIKE_OK == 0 ]]; then
             echo
             echo "turnpike not measured: ${TURNPIKE_WHY:-skipped}."
@@ -365,7 +416,7 @@ report() {
         fi
         echo
         echo "coturn: turnserver $(turnserver --version 2>/dev/null | tail -1) ${COTURN_FLAGS[*]}"
-        echo "Raw JSON: $OUT_DIR/udp-binding-$STAMP/"
+        echo "Raw JSON: ${RUN_DIR#"$ROOT"/}/"
     } | tee "$RUN_DIR/summary.md"
 }
 

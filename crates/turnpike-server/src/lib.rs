@@ -1,13 +1,14 @@
-//! The tokio driver of Turnpike: sockets in, sockets out, the sans-IO core in between.
+//! The driver of Turnpike: sockets in, sockets out, the sans-IO core in between.
 //!
 //! [`Server::start`] binds every listener up front — so a port in use or a bad address fails
 //! start-up with a clear error instead of half a server — then runs:
 //!
-//! * **UDP** ([`udp`]): `udp_workers` OS threads, each with its own single-threaded runtime,
-//!   its own `SO_REUSEPORT` socket per listening address and its own copy of the STUN core. The
-//!   kernel spreads clients across workers by 4-tuple hash. Each worker receives with
-//!   `recvmmsg`, answers a whole batch, and sends with one `sendmmsg`; replies on wildcard
-//!   sockets carry `IP_PKTINFO` so they leave from the address the request arrived at.
+//! * **UDP** ([`udp`]): `udp_workers` workers, each with its own `SO_REUSEPORT` socket per
+//!   listening address, served by one blocking OS thread per socket with its own copy of the
+//!   STUN core (no async runtime on this path). The kernel spreads clients across workers by
+//!   4-tuple hash. Each thread receives with `recvmmsg`, answers a whole batch, and sends with
+//!   one `sendmmsg`; replies on wildcard sockets carry `IP_PKTINFO` so they leave from the
+//!   address the request arrived at.
 //! * **TCP** ([`tcp`]): STUN messages back to back on a stream (RFC 8489 §6.2.2), with a
 //!   connection cap, an idle timeout and a maximum message size.
 //! * **HTTP** ([`http`]): `/healthz` and `/readyz`; and Prometheus `/metrics` on its own
@@ -107,6 +108,7 @@ impl Shared {
 pub struct RunningServer {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    udp_stop: Arc<AtomicBool>,
     udp: Vec<std::thread::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     addresses: Vec<SocketAddr>,
@@ -153,7 +155,8 @@ impl Server {
             .map(|l| l.local_addr())
             .transpose()?;
 
-        let udp = udp::spawn_workers(udp_sockets, &config.stun, shared.clone(), rx.clone())?;
+        let udp_stop = Arc::new(AtomicBool::new(false));
+        let udp = udp::spawn_workers(udp_sockets, &config.stun, shared.clone(), udp_stop.clone())?;
         let mut tasks = tcp::spawn(tcp_listeners, &config, shared.clone(), rx.clone());
         if let Some(l) = http_listener {
             tasks.push(tokio::spawn(http::serve_health(
@@ -180,6 +183,7 @@ impl Server {
         Ok(RunningServer {
             shared,
             shutdown: tx,
+            udp_stop,
             udp,
             tasks,
             addresses,
@@ -239,6 +243,7 @@ impl RunningServer {
     pub async fn shutdown(self, grace: Duration) {
         self.shared.ready.store(false, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
+        self.udp_stop.store(true, Ordering::SeqCst);
         let tasks = async {
             for t in self.tasks {
                 let _ = t.await;

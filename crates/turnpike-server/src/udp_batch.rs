@@ -3,9 +3,9 @@
 //! This module wraps `recvmmsg(2)` / `sendmmsg(2)` together with the `IP_PKTINFO` /
 //! `IPV6_PKTINFO` ancillary data behind a small safe API:
 //!
-//! * [`bind_udp`] creates a non-blocking socket with packet-info reception enabled, so a
-//!   socket bound to a wildcard address learns which local address each datagram was sent to
-//!   ([`RecvMeta::dst_ip`]).
+//! * [`bind_udp`] creates a non-blocking socket; on a wildcard address it enables packet-info
+//!   reception, so the socket learns which local address each datagram was sent to
+//!   ([`RecvMeta::dst_ip`]). A socket bound to one IP skips it: it knows its address.
 //! * [`RecvBatch`] + [`recv_batch`] receive up to `batch` datagrams with one system call into
 //!   buffers allocated once up front.
 //! * [`SendBatch`] + [`send_batch`] send many datagrams with one system call; each datagram can
@@ -135,7 +135,8 @@ fn set_int_opt(fd: RawFd, level: c_int, name: c_int, value: c_int) -> io::Result
 /// * `SO_REUSEPORT` when `reuse_port` is true, so several workers can bind the same address and
 ///   the kernel load-balances datagrams between them;
 /// * `IPV6_V6ONLY` for IPv6 addresses (an IPv6 socket never sees IPv4 traffic);
-/// * packet-info reception (`IP_PKTINFO` / `IPV6_RECVPKTINFO`), so [`RecvMeta::dst_ip`] is set;
+/// * packet-info reception (`IP_PKTINFO` / `IPV6_RECVPKTINFO`) on wildcard addresses only, so
+///   [`RecvMeta::dst_ip`] is set where the local address is ambiguous;
 /// * a [`SOCKET_BUFFER_SIZE`] receive and send buffer request (failures ignored);
 /// * `O_NONBLOCK` and `O_CLOEXEC`.
 ///
@@ -151,16 +152,20 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpS
     // Best effort: the kernel silently caps at rmem_max/wmem_max, and a failure here is not fatal.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_SIZE);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER_SIZE);
+    // Packet info is only needed where the local address is ambiguous: on a wildcard socket.
+    // A socket bound to one IP knows it, and skipping the per-datagram control message is
+    // measurably cheaper on the hot path.
     match addr {
-        SocketAddr::V4(_) => {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
             set_int_opt(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?
         }
-        SocketAddr::V6(_) => set_int_opt(
+        SocketAddr::V6(a) if a.ip().is_unspecified() => set_int_opt(
             socket.as_raw_fd(),
             libc::IPPROTO_IPV6,
             libc::IPV6_RECVPKTINFO,
             1,
         )?,
+        _ => {}
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -509,6 +514,18 @@ impl std::fmt::Debug for RecvBatch {
 /// [`io::ErrorKind::WouldBlock`] if no datagram is queued, which makes it suitable for
 /// `tokio::net::UdpSocket::try_io(Interest::READABLE, ..)`.
 pub fn recv_batch(sock: &impl AsFd, batch: &mut RecvBatch) -> io::Result<usize> {
+    recv_batch_with(sock, batch, libc::MSG_DONTWAIT)
+}
+
+/// Like [`recv_batch`], but for a blocking socket: waits until at least one datagram is queued
+/// (`MSG_WAITFORONE`), then takes whatever else is already there, up to the batch capacity.
+/// With a receive timeout set on the socket (`SO_RCVTIMEO`), returns
+/// [`io::ErrorKind::WouldBlock`] when it expires, so a worker thread can look at a shutdown flag.
+pub fn recv_batch_wait(sock: &impl AsFd, batch: &mut RecvBatch) -> io::Result<usize> {
+    recv_batch_with(sock, batch, libc::MSG_WAITFORONE)
+}
+
+fn recv_batch_with(sock: &impl AsFd, batch: &mut RecvBatch, flags: c_int) -> io::Result<usize> {
     batch.filled = 0;
     let cap = batch.capacity();
     let buf_size = batch.buf_size;
@@ -546,7 +563,7 @@ pub fn recv_batch(sock: &impl AsFd, batch: &mut RecvBatch) -> io::Result<usize> 
                 fd,
                 batch.raw.hdrs.as_mut_ptr(),
                 cap as c_uint,
-                libc::MSG_DONTWAIT as _,
+                flags as _,
                 ptr::null_mut(),
             )
         };
@@ -769,6 +786,25 @@ fn is_socket_error(errno: c_int) -> bool {
 ///
 /// `start >= batch.len()` is a no-op returning a complete progress.
 pub fn send_batch(sock: &impl AsFd, batch: &SendBatch, start: usize) -> io::Result<SendProgress> {
+    send_batch_with(sock, batch, start, libc::MSG_DONTWAIT)
+}
+
+/// Like [`send_batch`], but for a blocking socket: waits for room in the socket buffer (up to
+/// the socket's `SO_SNDTIMEO`, after which it behaves like [`send_batch`] on a full buffer).
+pub fn send_batch_wait(
+    sock: &impl AsFd,
+    batch: &SendBatch,
+    start: usize,
+) -> io::Result<SendProgress> {
+    send_batch_with(sock, batch, start, 0)
+}
+
+fn send_batch_with(
+    sock: &impl AsFd,
+    batch: &SendBatch,
+    start: usize,
+    flags: c_int,
+) -> io::Result<SendProgress> {
     let total = batch.entries.len();
     let mut progress = SendProgress {
         next: start.min(total),
@@ -821,8 +857,7 @@ pub fn send_batch(sock: &impl AsFd, batch: &SendBatch, start: usize) -> io::Resu
         // borrowed for the whole call, so all of it stays alive and unmodified; sendmmsg only
         // reads through these pointers (the const-to-mut casts are never written through) and
         // writes only `hdrs[..n].msg_len`.
-        let rc =
-            unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as c_uint, libc::MSG_DONTWAIT as _) };
+        let rc = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as c_uint, flags as _) };
         if rc > 0 {
             let k = (rc as usize).min(n);
             progress.next += k;
@@ -962,7 +997,8 @@ mod tests {
             assert_eq!(meta.len, payload(i).len());
             assert_eq!(data, &payload(i));
             assert!(!meta.truncated);
-            assert_eq!(meta.dst_ip, Some(saddr.ip()));
+            // A socket bound to a specific IP gets no packet info (it knows its address).
+            assert_eq!(meta.dst_ip, None);
             // Echo back, with the reversed index so we can check order and content.
             assert!(sb.push(meta.src, meta.dst_ip, &payload(N - 1 - i)));
         }
