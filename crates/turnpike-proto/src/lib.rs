@@ -19,6 +19,7 @@
 //! recorded problem in the [`MessageView`].
 
 pub mod classic;
+pub mod client;
 pub mod fast;
 pub mod general;
 pub mod integrity;

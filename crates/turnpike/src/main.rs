@@ -1,6 +1,7 @@
 //! `turnpike`: STUN/TURN relay, WebRTC signaling hub and NAT diagnosis in one binary.
 
 mod config;
+mod natcheck;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the server: STUN (RFC 8489, RFC 5780) on UDP and TCP, health and metrics endpoints.
     Serve(ServeArgs),
+    /// Classify this host's NAT (mapping, filtering, classic type) against an RFC 5780 server.
+    NatCheck(natcheck::NatCheckArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -71,14 +74,20 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("turnpike: error: {e:#}");
-            ExitCode::FAILURE
-        }
+    match cli.command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("turnpike: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::NatCheck(args) => match natcheck::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("turnpike nat-check: error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
