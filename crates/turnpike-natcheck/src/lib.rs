@@ -19,8 +19,10 @@
 //! }
 //! ```
 
+pub mod lifetime;
 pub mod probe;
 pub mod runner;
 
+pub use lifetime::{LifetimeResult, LifetimeSearch};
 pub use probe::{Behaviour, Config, Locals, NatCheck, NatType, Report, SocketId, Timing};
-pub use runner::{NatCheckError, Options, run};
+pub use runner::{NatCheckError, Options, run, run_lifetime};

@@ -177,3 +177,81 @@ pub async fn run(opts: &Options) -> Result<Report, NatCheckError> {
         }
     }
 }
+
+/// Runs the binding-lifetime search against `opts.server`, waiting at most `max` (plus the
+/// silence window) before it answers.
+pub async fn run_lifetime(
+    opts: &Options,
+    max: Duration,
+) -> Result<crate::LifetimeResult, NatCheckError> {
+    use crate::lifetime::{DEFAULT_STEPS, LifetimeSearch};
+
+    let server = resolve(&opts.server).await?;
+    let ip = match opts.bind {
+        Some(b) if b.is_ipv4() != server.is_ipv4() => return Err(NatCheckError::Family(b, server)),
+        Some(b) if !b.ip().is_unspecified() => b.ip(),
+        _ => route_ip(server)?,
+    };
+    let mut steps: Vec<Duration> = DEFAULT_STEPS
+        .iter()
+        .map(|s| Duration::from_secs(*s))
+        .filter(|s| *s <= max)
+        .collect();
+    if steps.is_empty() {
+        steps.push(max.max(Duration::from_secs(1)));
+    }
+    let mut sockets = Vec::new();
+    for _ in 0..=steps.len() {
+        let (s, local) = bind(SocketAddr::new(ip, 0)).await?;
+        sockets.push((std::sync::Arc::new(s), local));
+    }
+    let held: Vec<SocketAddr> = sockets.iter().skip(1).map(|(_, l)| *l).collect();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, SocketAddr, Vec<u8>)>(256);
+    let mut readers = Vec::new();
+    for (i, (s, _)) in sockets.iter().enumerate() {
+        let (s, tx) = (s.clone(), tx.clone());
+        readers.push(tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                if tx.send((i, from, buf[..n].to_vec())).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        .rotate_left(17);
+    let mut search = LifetimeSearch::new(
+        server,
+        &held,
+        &steps,
+        Timing::default(),
+        Instant::now(),
+        seed,
+    );
+    let result = loop {
+        while let Some(t) = search.poll_transmit() {
+            if let Some((s, _)) = sockets.get(t.socket) {
+                let _ = s.send_to(&t.payload, t.to).await;
+            }
+        }
+        if let Some(r) = search.poll_result() {
+            break r;
+        }
+        let wake = search
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(10));
+        tokio::select! {
+            m = rx.recv() => if let Some((i, from, data)) = m {
+                search.handle_datagram(Instant::now(), i, from, &data);
+            },
+            _ = tokio::time::sleep_until(wake.into()) => search.handle_timeout(Instant::now()),
+        }
+    };
+    for r in readers {
+        r.abort();
+    }
+    Ok(result)
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-use turnpike_natcheck::{NatType, Options, Report};
+use turnpike_natcheck::{LifetimeResult, NatType, Options, Report};
 
 /// Arguments of `turnpike nat-check`.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,6 +32,12 @@ pub struct NatCheckArgs {
     /// Run the check N times; the verdict stands only if every run agrees.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub repeat: u32,
+    /// Also measure how long the NAT keeps an idle UDP binding (takes up to --lifetime-max).
+    #[arg(long)]
+    pub lifetime: bool,
+    /// Longest idle time the binding-lifetime search waits for, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub lifetime_max: u64,
 }
 
 fn parse_bind(s: &str) -> Result<SocketAddr> {
@@ -80,7 +86,32 @@ fn addr(a: Option<SocketAddr>) -> serde_json::Value {
     a.map_or(serde_json::Value::Null, |a| json!(a.to_string()))
 }
 
-fn to_json(r: &Report, runs: &[NatType], total: Duration) -> serde_json::Value {
+fn lifetime_json(l: Option<&LifetimeResult>) -> serde_json::Value {
+    match l {
+        None => serde_json::Value::Null,
+        Some(l) => json!({
+            "at_least_s": l.at_least.map(|d| d.as_secs()),
+            "at_most_s": l.at_most.map(|d| d.as_secs()),
+        }),
+    }
+}
+
+fn lifetime_text(l: &LifetimeResult) -> String {
+    match (l.nat, l.at_least, l.at_most) {
+        (Some(false), _, _) => "no NAT, nothing expires".to_owned(),
+        (_, Some(a), Some(b)) => format!("between {} s and {} s", a.as_secs(), b.as_secs()),
+        (_, None, Some(b)) => format!("less than {} s", b.as_secs()),
+        (_, Some(a), None) => format!("at least {} s (the search limit)", a.as_secs()),
+        _ => "unknown".to_owned(),
+    }
+}
+
+fn to_json(
+    r: &Report,
+    runs: &[NatType],
+    total: Duration,
+    lifetime: Option<&LifetimeResult>,
+) -> serde_json::Value {
     let mut v = json!({
         "server": r.server.to_string(),
         "local_address": r.local_address.to_string(),
@@ -94,6 +125,7 @@ fn to_json(r: &Report, runs: &[NatType], total: Duration) -> serde_json::Value {
         "other_address": addr(r.other_address),
         "rfc5780": r.rfc5780,
         "notes": r.notes,
+        "binding_lifetime": lifetime_json(lifetime),
     });
     if runs.len() > 1 {
         v["runs"] = json!(runs.iter().map(|t| t.as_str()).collect::<Vec<_>>());
@@ -101,7 +133,7 @@ fn to_json(r: &Report, runs: &[NatType], total: Duration) -> serde_json::Value {
     v
 }
 
-fn print_human(r: &Report, runs: &[NatType], total: Duration) {
+fn print_human(r: &Report, runs: &[NatType], total: Duration, lifetime: Option<&LifetimeResult>) {
     let yes_no = |b: Option<bool>, none: &str| match b {
         Some(true) => "yes".to_owned(),
         Some(false) => "no".to_owned(),
@@ -131,11 +163,14 @@ fn print_human(r: &Report, runs: &[NatType], total: Duration) {
         ("time", format!("{:.2} s", total.as_secs_f64())),
     ];
     for (k, v) in rows {
-        println!("  {k:<15} {v}");
+        println!("  {k:<17} {v}");
+    }
+    if let Some(l) = lifetime {
+        println!("  {:<17} {}", "binding lifetime", lifetime_text(l));
     }
     if runs.len() > 1 {
         let list: Vec<&str> = runs.iter().map(|t| t.as_str()).collect();
-        println!("  {:<15} {}", "runs", list.join(", "));
+        println!("  {:<17} {}", "runs", list.join(", "));
     }
     for n in &r.notes {
         println!("  note: {n}");
@@ -171,9 +206,26 @@ pub fn run(args: NatCheckArgs) -> Result<ExitCode> {
             .context("nat-check failed")?;
         reports.push(r);
     }
+    let lifetime = if args.lifetime {
+        if args.lifetime_max == 0 || args.lifetime_max > 3600 {
+            bail!("--lifetime-max must be between 1 and 3600 seconds");
+        }
+        let l = runtime
+            .block_on(turnpike_natcheck::run_lifetime(
+                &opts,
+                Duration::from_secs(args.lifetime_max),
+            ))
+            .context("binding-lifetime search failed")?;
+        Some(l)
+    } else {
+        None
+    };
     let total = started.elapsed();
     let runs: Vec<NatType> = reports.iter().map(|r| r.nat_type).collect();
     let mut report = reports.pop().context("at least one run")?;
+    if let Some(l) = &lifetime {
+        report.notes.extend(l.notes.iter().cloned());
+    }
     if runs.iter().any(|t| *t != runs[0]) {
         report.nat_type = NatType::Unknown;
         report
@@ -181,9 +233,9 @@ pub fn run(args: NatCheckArgs) -> Result<ExitCode> {
             .push("the runs disagree, so no verdict is given".to_owned());
     }
     if args.json {
-        println!("{}", to_json(&report, &runs, total));
+        println!("{}", to_json(&report, &runs, total, lifetime.as_ref()));
     } else {
-        print_human(&report, &runs, total);
+        print_human(&report, &runs, total, lifetime.as_ref());
     }
     if report.nat_type == NatType::Unknown {
         let why = report
