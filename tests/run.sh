@@ -23,7 +23,15 @@ apt_install() {
 need_pkgs=()
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+# The NAT lab (tests/natlab) builds NATs in network namespaces with nftables.
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
+command -v conntrack >/dev/null 2>&1 || need_pkgs+=(conntrack)
 apt_install "${need_pkgs[@]+"${need_pkgs[@]}"}"
+
+[ "$(id -u)" -eq 0 ] || die "the NAT lab needs root (network namespaces, nftables); run tests/run.sh as root"
+ip netns add tp-runcheck 2>/dev/null && ip netns del tp-runcheck \
+  || die "cannot create network namespaces (ip netns add failed); the NAT lab needs them"
 
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup) first"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
@@ -45,5 +53,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test (unit, RFC 5769 vectors, differential, loopback integration against the binary)"
 cargo test --workspace --locked
+
+say "NAT lab: nat-check against real Linux NATs in network namespaces (matrix, 20 % loss, hairpin)"
+cargo test -p turnpike --test natlab --locked -- --nocapture
 
 say "all checks passed"
