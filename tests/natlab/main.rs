@@ -51,7 +51,9 @@ impl Lab {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let lab = Lab { prefix: prefix.to_owned() };
+        let lab = Lab {
+            prefix: prefix.to_owned(),
+        };
         let out = lab_cmd(prefix, &["server", BIN]);
         assert!(
             out.status.success(),
@@ -104,11 +106,21 @@ fn classification_matrix_10_runs_each() {
                 assert!(v["nat"].is_null() && v["public_address"].is_null(), "{v}");
             } else {
                 assert!(v["public_address"].is_string(), "{v}");
-                assert!(!v["local_address"].as_str().unwrap_or("").starts_with("0.0.0.0"), "{v}");
+                assert!(
+                    !v["local_address"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("0.0.0.0"),
+                    "{v}"
+                );
             }
             ms.push(v["duration_ms"].as_u64().unwrap_or(u64::MAX));
         }
-        timings.push((ty, median(ms.clone()), ms.iter().copied().max().unwrap_or(0)));
+        timings.push((
+            ty,
+            median(ms.clone()),
+            ms.iter().copied().max().unwrap_or(0),
+        ));
         drop(lab);
     }
     println!("nat-check wall time without loss (median / max of 10 runs):");
@@ -164,11 +176,34 @@ fn hairpinning_is_detected() {
 #[test]
 fn human_output_and_repeat() {
     let lab = Lab::up("tpo", "symmetric", None);
-    let out = lab_cmd(&lab.prefix, &["exec", "cli", "--", BIN, "nat-check", SERVER, "--repeat", "2"]);
+    let out = lab_cmd(
+        &lab.prefix,
+        &[
+            "exec",
+            "cli",
+            "--",
+            BIN,
+            "nat-check",
+            SERVER,
+            "--repeat",
+            "2",
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for needle in ["public address", "mapping", "filtering", "NAT type", "symmetric", "TURN relay", "runs"] {
-        assert!(text.contains(needle), "human output lacks {needle:?}:\n{text}");
+    for needle in [
+        "public address",
+        "mapping",
+        "filtering",
+        "NAT type",
+        "symmetric",
+        "TURN relay",
+        "runs",
+    ] {
+        assert!(
+            text.contains(needle),
+            "human output lacks {needle:?}:\n{text}"
+        );
     }
     let _ = Duration::from_secs(0);
 }
