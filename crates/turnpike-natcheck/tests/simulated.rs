@@ -97,6 +97,8 @@ struct Sim {
     strays: bool,
     /// The server answers CHANGE-REQUEST from its primary address (a broken server).
     broken_change: bool,
+    /// A second server address (served by the same core), for the no-RFC-5780 fallback.
+    second: Option<SocketAddr>,
 }
 
 impl Sim {
@@ -141,6 +143,7 @@ impl Sim {
             locals,
             strays: false,
             broken_change: false,
+            second: None,
         }
     }
 
@@ -284,7 +287,7 @@ impl Sim {
         }
         let config = Config {
             server: a("198.51.100.1:3478"),
-            second_server: None,
+            second_server: self.second,
             timing,
         };
         let mut check = NatCheck::new(config, locals, self.now, self.rng.next());
@@ -502,4 +505,40 @@ fn the_deadline_bounds_the_run() {
         "not enough time to prove filtering"
     );
     assert!(r.notes.iter().any(|n| n.contains("time limit")));
+}
+
+#[test]
+fn second_server_tests_mapping_without_rfc5780() {
+    // Same IP, other port: a differing mapping proves address-and-port dependence.
+    let mut sim = Sim::new(Nat::Symmetric, 21, 0, false);
+    sim.second = Some(a("198.51.100.1:3479"));
+    let r = sim.run(false, Timing::default());
+    assert_eq!(
+        (r.mapping, r.nat_type),
+        (Behaviour::AddressAndPortDependent, NatType::Symmetric),
+        "{r:?}"
+    );
+    // Another IP: not endpoint-independent, but which dependence cannot be told.
+    let mut sim = Sim::new(Nat::Symmetric, 22, 0, false);
+    sim.second = Some(a("198.51.100.9:3478"));
+    let r = sim.run(false, Timing::default());
+    assert_eq!(r.mapping, Behaviour::Unknown, "{r:?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("second server")),
+        "{:?}",
+        r.notes
+    );
+    // A cone NAT keeps its mapping towards both; filtering stays unknown without RFC 5780.
+    let mut sim = Sim::new(Nat::PortRestricted, 23, 0, false);
+    sim.second = Some(a("198.51.100.9:3478"));
+    let r = sim.run(false, Timing::default());
+    assert_eq!(
+        (r.mapping, r.filtering, r.nat_type),
+        (
+            Behaviour::EndpointIndependent,
+            Behaviour::Unknown,
+            NatType::Unknown
+        ),
+        "{r:?}"
+    );
 }
