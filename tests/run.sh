@@ -23,6 +23,7 @@ apt_install() {
 need_pkgs=()
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 # The NAT lab (tests/natlab) builds NATs in network namespaces with nftables.
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
