@@ -1,0 +1,120 @@
+//! Short-lived TURN credentials with the coturn "TURN REST API" formula, and the
+//! `RTCIceServer` list handed to peers.
+//!
+//! `username = "<expiry unix time>:<user id>"`, `password = base64(HMAC-SHA1(secret, username))`.
+//! Any TURN server configured with the same shared secret (this one, coturn's
+//! `use-auth-secret`/`static-auth-secret`, eturnal) accepts them until the expiry.
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha1::Sha1;
+
+/// A username/password pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Credential {
+    /// `EXPIRY:USERID`.
+    pub username: String,
+    /// base64(HMAC-SHA1(secret, username)).
+    pub password: String,
+}
+
+/// Mints a credential for `user` valid until `unix_now + ttl_secs`.
+pub fn mint(secret: &[u8], user: &str, unix_now: u64, ttl_secs: u64) -> Credential {
+    let username = format!("{}:{user}", unix_now.saturating_add(ttl_secs));
+    Credential {
+        password: password(secret, &username),
+        username,
+    }
+}
+
+/// The password for `username` under `secret`.
+pub fn password(secret: &[u8], username: &str) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(username.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// One entry of `RTCConfiguration.iceServers`, as browsers expect it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IceServer {
+    /// `stun:` / `turn:` / `turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN username (absent for STUN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password (absent for STUN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// What the hub hands out: STUN URLs, TURN URLs and the secret to sign credentials with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IceConfig {
+    /// `stun:HOST:PORT` URLs.
+    pub stun_urls: Vec<String>,
+    /// `turn:`/`turns:` URLs (with `?transport=` as needed).
+    pub turn_urls: Vec<String>,
+    /// The shared secret TURN credentials are signed with; without one, only STUN is offered.
+    pub secret: Option<Vec<u8>>,
+    /// Credential lifetime in seconds.
+    pub ttl_secs: u64,
+}
+
+impl IceConfig {
+    /// The `iceServers` list for `user`, with credentials valid for `ttl_secs` from
+    /// `unix_now`.
+    pub fn ice_servers(&self, user: &str, unix_now: u64) -> Vec<IceServer> {
+        let mut out = Vec::new();
+        if !self.stun_urls.is_empty() {
+            out.push(IceServer {
+                urls: self.stun_urls.clone(),
+                username: None,
+                credential: None,
+            });
+        }
+        if let (Some(secret), false) = (&self.secret, self.turn_urls.is_empty()) {
+            let c = mint(secret, user, unix_now, self.ttl_secs);
+            out.push(IceServer {
+                urls: self.turn_urls.clone(),
+                username: Some(c.username),
+                credential: Some(c.password),
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coturn_formula() {
+        // Cross-checked with: echo -n "1700000000:alice" | openssl dgst -sha1 -hmac secret -binary | base64
+        let c = mint(b"secret", "alice", 1_699_999_700, 300);
+        assert_eq!(c.username, "1700000000:alice");
+        assert_eq!(c.password, "d8soP47RbdIKLDUOpnJPVQyq5Ts=");
+        assert_ne!(password(b"other", "1700000000:alice"), c.password);
+    }
+
+    #[test]
+    fn ice_servers_shape() {
+        let cfg = IceConfig {
+            stun_urls: vec!["stun:example.net:3478".into()],
+            turn_urls: vec!["turn:example.net:3478?transport=udp".into()],
+            secret: Some(b"s".to_vec()),
+            ttl_secs: 300,
+        };
+        let v = serde_json::to_value(cfg.ice_servers("p1", 1000)).unwrap();
+        assert_eq!(v[0], serde_json::json!({"urls": ["stun:example.net:3478"]}));
+        assert_eq!(v[1]["username"], "1300:p1");
+        assert!(v[1]["credential"].is_string());
+        let no_secret = IceConfig {
+            secret: None,
+            ..cfg
+        };
+        assert_eq!(no_secret.ice_servers("p1", 1000).len(), 1);
+    }
+}

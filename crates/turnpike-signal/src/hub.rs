@@ -1,0 +1,731 @@
+//! The hub core: connections, sessions, rooms, routing and limits, as a pure state machine.
+//!
+//! The WebSocket adapter calls [`Hub::handle_connect`], [`Hub::handle_message`],
+//! [`Hub::handle_disconnect`] and [`Hub::handle_timeout`], and performs what
+//! [`Hub::poll_output`] returns (send a text frame, close a socket). Time comes in as
+//! [`Now`] (monotonic for windows, unix seconds for tokens and credentials); randomness as a
+//! seed. Every map and queue is bounded by [`HubConfig`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::creds::IceConfig;
+use crate::jwt;
+use crate::protocol::{self, ClientMsg, ErrorCode, ServerMsg, SessionInfo};
+
+/// A connection, numbered by the adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// The current time, both ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time, for windows and rates.
+    pub mono: Instant,
+    /// Unix seconds, for token expiry and TURN credentials.
+    pub unix: u64,
+}
+
+/// Limits and policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Largest message in bytes.
+    pub max_message_bytes: usize,
+    /// Sustained messages per second per connection.
+    pub messages_per_second: u32,
+    /// Burst above the sustained rate.
+    pub message_burst: u32,
+    /// Peers per room.
+    pub max_peers_per_room: usize,
+    /// Rooms.
+    pub max_rooms: usize,
+    /// Open connections in total.
+    pub max_connections: usize,
+    /// Open connections per client IP.
+    pub max_connections_per_ip: usize,
+    /// Close a connection that sends nothing for this long.
+    pub keepalive_timeout: Duration,
+    /// Keep a dropped session this long for `resume`.
+    pub resume_window: Duration,
+    /// Messages kept per session for replay.
+    pub replay_cap: usize,
+    /// Consecutive errors after which a connection is closed.
+    pub max_strikes: u32,
+    /// With a secret, `join` needs an HS256 JWT signed with it.
+    pub hub_secret: Option<Vec<u8>>,
+    /// What `welcome` hands out.
+    pub ice: IceConfig,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            max_message_bytes: 64 * 1024,
+            messages_per_second: 50,
+            message_burst: 100,
+            max_peers_per_room: 16,
+            max_rooms: 10_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 64,
+            keepalive_timeout: Duration::from_secs(60),
+            resume_window: Duration::from_secs(30),
+            replay_cap: 256,
+            max_strikes: 20,
+            hub_secret: None,
+            ice: IceConfig {
+                ttl_secs: 300,
+                ..IceConfig::default()
+            },
+        }
+    }
+}
+
+/// What the adapter must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a text frame.
+    Send {
+        /// To which connection.
+        conn: ConnId,
+        /// The JSON text.
+        text: String,
+    },
+    /// Close the connection with a WebSocket close code.
+    Close {
+        /// Which connection.
+        conn: ConnId,
+        /// 1000 normal, 1008 policy violation, 1001 going away.
+        code: u16,
+        /// Short reason.
+        reason: &'static str,
+    },
+}
+
+/// Why a new connection is refused (before the WebSocket upgrade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The total connection limit is reached.
+    #[error("too many connections")]
+    TooManyConnections,
+    /// This IP has its maximum number of connections.
+    #[error("too many connections from this address")]
+    TooManyFromIp,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Client messages by type (index into [`protocol::CLIENT_TYPES`]).
+    pub messages: [u64; 8],
+    /// Errors sent, by code (index into [`ErrorCode::ALL`]).
+    pub errors: [u64; 12],
+    /// Successful resumes.
+    pub resumes: u64,
+    /// Sessions whose resume window expired.
+    pub expired_sessions: u64,
+    /// Connections closed for misbehaviour or idleness.
+    pub closed_by_hub: u64,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+struct Conn {
+    ip: IpAddr,
+    session: Option<String>,
+    bucket: Bucket,
+    last_rx: Instant,
+    strikes: u32,
+}
+
+struct Session {
+    peer_id: String,
+    room: String,
+    conn: Option<ConnId>,
+    detached_at: Option<Instant>,
+    next_seq: u64,
+    replay: VecDeque<(u64, String)>,
+    /// The highest seq dropped from the replay buffer.
+    dropped_up_to: u64,
+}
+
+/// The hub. See the module documentation.
+pub struct Hub {
+    config: HubConfig,
+    conns: HashMap<ConnId, Conn>,
+    per_ip: HashMap<IpAddr, usize>,
+    sessions: HashMap<String, Session>,
+    /// room -> peer id -> session id (sorted, so presence lists are stable).
+    rooms: HashMap<String, BTreeMap<String, String>>,
+    out: VecDeque<Output>,
+    rng: u64,
+    stats: Stats,
+}
+
+fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Hub {
+    /// A hub with `config`; `seed` feeds session and peer id generation (pass a random value).
+    pub fn new(config: HubConfig, seed: u64) -> Self {
+        Hub {
+            config,
+            conns: HashMap::new(),
+            per_ip: HashMap::new(),
+            sessions: HashMap::new(),
+            rooms: HashMap::new(),
+            out: VecDeque::new(),
+            rng: seed | 1,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Open connections, rooms, and sessions (joined peers, connected or within their
+    /// resume window).
+    pub fn gauges(&self) -> (usize, usize, usize) {
+        (self.conns.len(), self.rooms.len(), self.sessions.len())
+    }
+
+    fn random_hex(&mut self, bytes: usize) -> String {
+        let mut s = String::with_capacity(bytes * 2);
+        while s.len() < bytes * 2 {
+            self.rng ^= self.rng >> 12;
+            self.rng ^= self.rng << 25;
+            self.rng ^= self.rng >> 27;
+            let v = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            s.push_str(&format!("{v:016x}"));
+        }
+        s.truncate(bytes * 2);
+        s
+    }
+
+    /// A new connection from `ip`. On error the adapter refuses it (HTTP 503/429).
+    pub fn handle_connect(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        ip: IpAddr,
+    ) -> Result<(), ConnectError> {
+        if self.conns.len() >= self.config.max_connections {
+            return Err(ConnectError::TooManyConnections);
+        }
+        let n = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if n >= self.config.max_connections_per_ip {
+            return Err(ConnectError::TooManyFromIp);
+        }
+        self.per_ip.insert(ip, n + 1);
+        let burst = f64::from(self.config.message_burst.max(1));
+        self.conns.insert(
+            conn,
+            Conn {
+                ip,
+                session: None,
+                bucket: Bucket {
+                    tokens: burst,
+                    at: now.mono,
+                },
+                last_rx: now.mono,
+                strikes: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// The socket closed (or the adapter gave up on it). Without a `leave`, a joined session
+    /// enters its resume window.
+    pub fn handle_disconnect(&mut self, now: Now, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(n) = self.per_ip.get_mut(&c.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&c.ip);
+            }
+        }
+        if let Some(sid) = c.session {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                if s.conn == Some(conn) {
+                    s.conn = None;
+                    s.detached_at = Some(now.mono);
+                }
+            }
+        }
+    }
+
+    /// A text message from `conn`.
+    pub fn handle_message(&mut self, now: Now, conn: ConnId, text: &str) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.last_rx = now.mono;
+        // Token bucket.
+        let rate = f64::from(self.config.messages_per_second.max(1));
+        let burst = f64::from(self.config.message_burst.max(1));
+        let elapsed = now
+            .mono
+            .saturating_duration_since(c.bucket.at)
+            .as_secs_f64();
+        c.bucket.tokens = (c.bucket.tokens + elapsed * rate).min(burst);
+        c.bucket.at = now.mono;
+        if c.bucket.tokens < 1.0 {
+            return self.error(
+                conn,
+                ErrorCode::RateLimited,
+                "too many messages; slow down".to_owned(),
+            );
+        }
+        c.bucket.tokens -= 1.0;
+        if text.len() > self.config.max_message_bytes {
+            let max = self.config.max_message_bytes;
+            return self.error(
+                conn,
+                ErrorCode::MessageTooLarge,
+                format!("messages are limited to {max} bytes"),
+            );
+        }
+        let msg = match protocol::parse(text) {
+            Ok(m) => m,
+            Err((code, message)) => return self.error(conn, code, message),
+        };
+        let idx = match &msg {
+            ClientMsg::Join { .. } => 0,
+            ClientMsg::Offer { .. } => 1,
+            ClientMsg::Answer { .. } => 2,
+            ClientMsg::Candidate { .. } => 3,
+            ClientMsg::Bye { .. } => 4,
+            ClientMsg::Leave => 5,
+            ClientMsg::Ping => 6,
+            ClientMsg::Resume { .. } => 7,
+        };
+        self.stats.messages[idx] += 1;
+        let ok = match msg {
+            ClientMsg::Join {
+                room,
+                peer_id,
+                token,
+            } => self.join(now, conn, room, peer_id, token),
+            ClientMsg::Offer { to, sdp } => {
+                self.relay(conn, &to, |from| ServerMsg::Offer { from, sdp })
+            }
+            ClientMsg::Answer { to, sdp } => {
+                self.relay(conn, &to, |from| ServerMsg::Answer { from, sdp })
+            }
+            ClientMsg::Candidate { to, candidate } => {
+                self.relay(conn, &to, |from| ServerMsg::Candidate { from, candidate })
+            }
+            ClientMsg::Bye { to } => self.relay(conn, &to, |from| ServerMsg::Bye { from }),
+            ClientMsg::Leave => self.leave(conn),
+            ClientMsg::Ping => {
+                self.reply(conn, ServerMsg::Pong);
+                true
+            }
+            ClientMsg::Resume { session, last_seq } => self.resume(now, conn, &session, last_seq),
+        };
+        if ok {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.strikes = 0;
+            }
+        }
+    }
+
+    /// Expires resume windows and idle connections.
+    pub fn handle_timeout(&mut self, now: Now) {
+        let idle: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                now.mono.saturating_duration_since(c.last_rx) >= self.config.keepalive_timeout
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in idle {
+            self.stats.closed_by_hub += 1;
+            self.out.push_back(Output::Close {
+                conn,
+                code: 1001,
+                reason: "keepalive timeout",
+            });
+            self.handle_disconnect(now, conn);
+        }
+        let expired: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.detached_at.is_some_and(|d| {
+                    now.mono.saturating_duration_since(d) >= self.config.resume_window
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for sid in expired {
+            self.stats.expired_sessions += 1;
+            self.end_session(&sid);
+        }
+    }
+
+    /// The next thing to do.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Hub::handle_timeout`] should next run.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let conns = self
+            .conns
+            .values()
+            .map(|c| c.last_rx + self.config.keepalive_timeout);
+        let sessions = self
+            .sessions
+            .values()
+            .filter_map(|s| s.detached_at.map(|d| d + self.config.resume_window));
+        conns.chain(sessions).min()
+    }
+
+    /// Sends `msg` to the session of `conn` (with seq) or, before a join, directly.
+    fn reply(&mut self, conn: ConnId, msg: ServerMsg) {
+        match self.conns.get(&conn).and_then(|c| c.session.clone()) {
+            Some(sid) => self.send_session(&sid, &msg),
+            None => self.out.push_back(Output::Send {
+                conn,
+                text: msg.to_text(None),
+            }),
+        }
+    }
+
+    fn error(&mut self, conn: ConnId, code: ErrorCode, message: String) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.stats.errors[i] += 1;
+        }
+        self.reply(conn, ServerMsg::Error { code, message });
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.strikes += 1;
+        if c.strikes >= self.config.max_strikes {
+            self.stats.closed_by_hub += 1;
+            self.out.push_back(Output::Close {
+                conn,
+                code: 1008,
+                reason: "too many errors",
+            });
+        }
+    }
+
+    /// Appends to the session's stream: next seq, replay buffer, and the socket if attached.
+    fn send_session(&mut self, sid: &str, msg: &ServerMsg) {
+        let cap = self.config.replay_cap.max(1);
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        let text = msg.to_text(Some(seq));
+        // `welcome` and `resumed` are not replayed: a resume answers with a fresh `resumed`.
+        if !matches!(msg, ServerMsg::Welcome(_) | ServerMsg::Resumed { .. }) {
+            if s.replay.len() >= cap {
+                if let Some((dropped, _)) = s.replay.pop_front() {
+                    s.dropped_up_to = dropped;
+                }
+            }
+            s.replay.push_back((seq, text.clone()));
+        }
+        if let Some(conn) = s.conn {
+            self.out.push_back(Output::Send { conn, text });
+        }
+    }
+
+    fn session_info(&self, sid: &str, unix: u64) -> Option<SessionInfo> {
+        let s = self.sessions.get(sid)?;
+        let peers = self
+            .rooms
+            .get(&s.room)
+            .map(|r| r.keys().filter(|p| **p != s.peer_id).cloned().collect())
+            .unwrap_or_default();
+        Some(SessionInfo {
+            peer_id: s.peer_id.clone(),
+            room: s.room.clone(),
+            peers,
+            ice_servers: self.config.ice.ice_servers(&s.peer_id, unix),
+            session: sid.to_owned(),
+        })
+    }
+
+    fn join(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        room: String,
+        peer_id: Option<String>,
+        token: Option<String>,
+    ) -> bool {
+        if self.conns.get(&conn).is_some_and(|c| c.session.is_some()) {
+            self.error(
+                conn,
+                ErrorCode::AlreadyJoined,
+                "this connection is already in a room; leave first".to_owned(),
+            );
+            return false;
+        }
+        if !valid_id(&room) {
+            self.error(
+                conn,
+                ErrorCode::BadRequest,
+                "room names are 1-64 characters of A-Z a-z 0-9 - _ .".to_owned(),
+            );
+            return false;
+        }
+        if let Some(p) = &peer_id {
+            if !valid_id(p) {
+                self.error(
+                    conn,
+                    ErrorCode::BadRequest,
+                    "peer ids are 1-64 characters of A-Z a-z 0-9 - _ .".to_owned(),
+                );
+                return false;
+            }
+        }
+        let mut peer_id = peer_id;
+        if let Some(secret) = self.config.hub_secret.clone() {
+            let Some(token) = token else {
+                self.error(
+                    conn,
+                    ErrorCode::Unauthorized,
+                    "this hub needs a token to join".to_owned(),
+                );
+                return false;
+            };
+            match jwt::verify(&token, &secret, &room, now.unix) {
+                Ok(claims) => match (claims.peer_id, &peer_id) {
+                    (Some(bound), Some(asked)) if bound != *asked => {
+                        self.error(
+                            conn,
+                            ErrorCode::Unauthorized,
+                            jwt::JwtError::WrongPeer.to_string(),
+                        );
+                        return false;
+                    }
+                    (Some(bound), _) => peer_id = Some(bound),
+                    (None, _) => {}
+                },
+                Err(e) => {
+                    self.error(conn, ErrorCode::Unauthorized, e.to_string());
+                    return false;
+                }
+            }
+        }
+        let room_peers = self.rooms.get(&room).map_or(0, BTreeMap::len);
+        if room_peers == 0 && self.rooms.len() >= self.config.max_rooms {
+            self.error(
+                conn,
+                ErrorCode::TooManyRooms,
+                "the hub has its maximum number of rooms".to_owned(),
+            );
+            return false;
+        }
+        if room_peers >= self.config.max_peers_per_room {
+            let max = self.config.max_peers_per_room;
+            self.error(
+                conn,
+                ErrorCode::RoomFull,
+                format!("the room has its maximum of {max} peers"),
+            );
+            return false;
+        }
+        let peer_id = match peer_id {
+            Some(p) => {
+                if self.rooms.get(&room).is_some_and(|r| r.contains_key(&p)) {
+                    self.error(
+                        conn,
+                        ErrorCode::PeerIdTaken,
+                        format!("peer id `{p}` is in use in this room"),
+                    );
+                    return false;
+                }
+                p
+            }
+            None => loop {
+                let p = format!("p-{}", self.random_hex(4));
+                if !self.rooms.get(&room).is_some_and(|r| r.contains_key(&p)) {
+                    break p;
+                }
+            },
+        };
+        let sid = self.random_hex(16);
+        self.sessions.insert(
+            sid.clone(),
+            Session {
+                peer_id: peer_id.clone(),
+                room: room.clone(),
+                conn: Some(conn),
+                detached_at: None,
+                next_seq: 1,
+                replay: VecDeque::new(),
+                dropped_up_to: 0,
+            },
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(sid.clone());
+        }
+        let others: Vec<String> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        self.rooms
+            .entry(room)
+            .or_default()
+            .insert(peer_id.clone(), sid.clone());
+        if let Some(info) = self.session_info(&sid, now.unix) {
+            self.send_session(&sid, &ServerMsg::Welcome(info));
+        }
+        for other in others {
+            self.send_session(
+                &other,
+                &ServerMsg::PeerJoined {
+                    peer_id: peer_id.clone(),
+                },
+            );
+        }
+        true
+    }
+
+    fn relay(&mut self, conn: ConnId, to: &str, make: impl FnOnce(String) -> ServerMsg) -> bool {
+        let Some(sid) = self.conns.get(&conn).and_then(|c| c.session.clone()) else {
+            self.error(conn, ErrorCode::NotJoined, "join a room first".to_owned());
+            return false;
+        };
+        let Some((from, room)) = self
+            .sessions
+            .get(&sid)
+            .map(|s| (s.peer_id.clone(), s.room.clone()))
+        else {
+            return false;
+        };
+        let target = self.rooms.get(&room).and_then(|r| r.get(to)).cloned();
+        match target {
+            Some(t) if t != sid => {
+                self.send_session(&t, &make(from));
+                true
+            }
+            _ => {
+                self.error(
+                    conn,
+                    ErrorCode::PeerNotFound,
+                    format!("no peer `{to}` in this room"),
+                );
+                false
+            }
+        }
+    }
+
+    fn leave(&mut self, conn: ConnId) -> bool {
+        let Some(sid) = self.conns.get_mut(&conn).and_then(|c| c.session.take()) else {
+            self.error(conn, ErrorCode::NotJoined, "not in a room".to_owned());
+            return false;
+        };
+        self.end_session(&sid);
+        true
+    }
+
+    /// Removes a session from its room and tells the others.
+    fn end_session(&mut self, sid: &str) {
+        let Some(s) = self.sessions.remove(sid) else {
+            return;
+        };
+        if let Some(c) = s.conn.and_then(|c| self.conns.get_mut(&c)) {
+            c.session = None;
+        }
+        let mut others = Vec::new();
+        if let Some(r) = self.rooms.get_mut(&s.room) {
+            r.remove(&s.peer_id);
+            others = r.values().cloned().collect();
+            if r.is_empty() {
+                self.rooms.remove(&s.room);
+            }
+        }
+        for o in others {
+            self.send_session(
+                &o,
+                &ServerMsg::PeerLeft {
+                    peer_id: s.peer_id.clone(),
+                },
+            );
+        }
+    }
+
+    fn resume(&mut self, now: Now, conn: ConnId, session: &str, last_seq: u64) -> bool {
+        if self.conns.get(&conn).is_some_and(|c| c.session.is_some()) {
+            self.error(
+                conn,
+                ErrorCode::AlreadyJoined,
+                "this connection is already in a room".to_owned(),
+            );
+            return false;
+        }
+        let Some(s) = self.sessions.get_mut(session) else {
+            self.error(
+                conn,
+                ErrorCode::SessionNotFound,
+                "no such session (its resume window may have expired); join again".to_owned(),
+            );
+            return false;
+        };
+        // Take over from an old socket that has not noticed it is dead yet.
+        if let Some(old) = s.conn.replace(conn) {
+            if old != conn {
+                self.out.push_back(Output::Close {
+                    conn: old,
+                    code: 1000,
+                    reason: "resumed elsewhere",
+                });
+                if let Some(c) = self.conns.get_mut(&old) {
+                    c.session = None;
+                }
+            }
+        }
+        s.detached_at = None;
+        let complete = last_seq >= s.dropped_up_to;
+        let replay: Vec<String> = s
+            .replay
+            .iter()
+            .filter(|(seq, _)| *seq > last_seq)
+            .map(|(_, t)| t.clone())
+            .collect();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(session.to_owned());
+        }
+        self.stats.resumes += 1;
+        if let Some(info) = self.session_info(session, now.unix) {
+            self.send_session(
+                session,
+                &ServerMsg::Resumed {
+                    info,
+                    replay_complete: complete,
+                },
+            );
+        }
+        for text in replay {
+            self.out.push_back(Output::Send { conn, text });
+        }
+        true
+    }
+}
