@@ -50,12 +50,17 @@ pub struct IceServer {
 }
 
 /// What the hub hands out: STUN URLs, TURN URLs and the secret to sign credentials with.
+///
+/// A URL may contain `{host}`, replaced by the host name the client used to reach the hub (its
+/// HTTP `Host`), so a hub behind a name hands out that name without configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IceConfig {
     /// `stun:HOST:PORT` URLs.
     pub stun_urls: Vec<String>,
     /// `turn:`/`turns:` URLs (with `?transport=` as needed).
     pub turn_urls: Vec<String>,
+    /// What `{host}` becomes when the client's host is unknown.
+    pub default_host: String,
     /// The shared secret TURN credentials are signed with; without one, only STUN is offered.
     pub secret: Option<Vec<u8>>,
     /// Credential lifetime in seconds.
@@ -66,10 +71,20 @@ impl IceConfig {
     /// The `iceServers` list for `user`, with credentials valid for `ttl_secs` from
     /// `unix_now`.
     pub fn ice_servers(&self, user: &str, unix_now: u64) -> Vec<IceServer> {
+        self.ice_servers_for(user, unix_now, None)
+    }
+
+    /// Like [`IceConfig::ice_servers`], with `{host}` in the URLs replaced by `host` (or the
+    /// default host).
+    pub fn ice_servers_for(&self, user: &str, unix_now: u64, host: Option<&str>) -> Vec<IceServer> {
+        let host = host.unwrap_or(&self.default_host);
+        let fill = |urls: &[String]| -> Vec<String> {
+            urls.iter().map(|u| u.replace("{host}", host)).collect()
+        };
         let mut out = Vec::new();
         if !self.stun_urls.is_empty() {
             out.push(IceServer {
-                urls: self.stun_urls.clone(),
+                urls: fill(&self.stun_urls),
                 username: None,
                 credential: None,
             });
@@ -77,7 +92,7 @@ impl IceConfig {
         if let (Some(secret), false) = (&self.secret, self.turn_urls.is_empty()) {
             let c = mint(secret, user, unix_now, self.ttl_secs);
             out.push(IceServer {
-                urls: self.turn_urls.clone(),
+                urls: fill(&self.turn_urls),
                 username: Some(c.username),
                 credential: Some(c.password),
             });
@@ -106,6 +121,7 @@ mod tests {
             turn_urls: vec!["turn:example.net:3478?transport=udp".into()],
             secret: Some(b"s".to_vec()),
             ttl_secs: 300,
+            default_host: String::new(),
         };
         let v = serde_json::to_value(cfg.ice_servers("p1", 1000)).unwrap();
         assert_eq!(v[0], serde_json::json!({"urls": ["stun:example.net:3478"]}));
@@ -116,5 +132,13 @@ mod tests {
             ..cfg
         };
         assert_eq!(no_secret.ice_servers("p1", 1000).len(), 1);
+        let templ = IceConfig {
+            stun_urls: vec!["stun:{host}:3478".into()],
+            default_host: "192.0.2.1".into(),
+            ..IceConfig::default()
+        };
+        let urls = |h: Option<&str>| templ.ice_servers_for("p", 0, h)[0].urls.clone();
+        assert_eq!(urls(Some("hub.example")), ["stun:hub.example:3478"]);
+        assert_eq!(urls(None), ["stun:192.0.2.1:3478"]);
     }
 }

@@ -135,6 +135,8 @@ struct Bucket {
 
 struct Conn {
     ip: IpAddr,
+    /// The host name the client used to reach the hub (for `{host}` in ICE URLs).
+    host: Option<String>,
     session: Option<String>,
     bucket: Bucket,
     last_rx: Instant,
@@ -222,6 +224,18 @@ impl Hub {
         conn: ConnId,
         ip: IpAddr,
     ) -> Result<(), ConnectError> {
+        self.handle_connect_from(now, conn, ip, None)
+    }
+
+    /// Like [`Hub::handle_connect`], remembering the host name the client used (its HTTP
+    /// `Host`, without port), which replaces `{host}` in the ICE URLs it is given.
+    pub fn handle_connect_from(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        ip: IpAddr,
+        host: Option<String>,
+    ) -> Result<(), ConnectError> {
         if self.conns.len() >= self.config.max_connections {
             return Err(ConnectError::TooManyConnections);
         }
@@ -235,6 +249,7 @@ impl Hub {
             conn,
             Conn {
                 ip,
+                host,
                 session: None,
                 bucket: Bucket {
                     tokens: burst,
@@ -464,7 +479,13 @@ impl Hub {
             peer_id: s.peer_id.clone(),
             room: s.room.clone(),
             peers,
-            ice_servers: self.config.ice.ice_servers(&s.peer_id, unix),
+            ice_servers: self.config.ice.ice_servers_for(
+                &s.peer_id,
+                unix,
+                s.conn
+                    .and_then(|c| self.conns.get(&c))
+                    .and_then(|c| c.host.as_deref()),
+            ),
             session: sid.to_owned(),
         })
     }

@@ -95,6 +95,7 @@ fn cfg() -> HubConfig {
             turn_urls: vec!["turn:turn.example:3478?transport=udp".into()],
             secret: Some(b"secret".to_vec()),
             ttl_secs: 300,
+            default_host: String::new(),
         },
         ..HubConfig::default()
     }
