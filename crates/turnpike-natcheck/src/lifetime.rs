@@ -23,8 +23,21 @@ use turnpike_proto::fast::{finish_with_fingerprint, write_attr, write_header};
 
 use crate::probe::Timing;
 
-/// The default waiting times, in seconds; those above the search limit are left out.
+/// The default waiting times, in seconds; those above the search limit are left out and the
+/// limit itself is added as the last step.
 pub const DEFAULT_STEPS: [u64; 8] = [1, 2, 4, 8, 16, 32, 60, 120];
+
+/// The steps for a search limited to `max`: the default steps below `max`, then `max`.
+pub fn steps_up_to(max: Duration) -> Vec<Duration> {
+    let max = max.max(Duration::from_secs(1));
+    let mut steps: Vec<Duration> = DEFAULT_STEPS
+        .iter()
+        .map(|s| Duration::from_secs(*s))
+        .filter(|s| *s < max)
+        .collect();
+    steps.push(max);
+    steps
+}
 
 /// The outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +198,19 @@ impl LifetimeSearch {
             if let Some((test, control)) = &mut h.test {
                 if socket == i + 1 && test.tid == transaction_id {
                     test.answered = true;
+                }
+                if socket == 0 && test.tid == transaction_id && h.verdict == Verdict::Pending {
+                    // The answer came back to the socket that asked: the server ignored
+                    // RESPONSE-PORT (or refused it with an error). Silence at the held socket
+                    // would prove nothing.
+                    h.verdict = Verdict::Unknown;
+                    let what = match response.error_code {
+                        Some(code) => format!("refused RESPONSE-PORT with error {code}"),
+                        None => "ignored RESPONSE-PORT".to_owned(),
+                    };
+                    self.notes.push(format!(
+                        "the server {what}, so the binding lifetime cannot be measured with it"
+                    ));
                 }
                 if socket == 0 && control.tid == transaction_id {
                     control.answered = true;
@@ -379,11 +405,13 @@ impl LifetimeSearch {
                 }
                 other => other,
             };
+            let mut notes = self.notes.clone();
+            notes.dedup();
             self.result = Some(LifetimeResult {
                 nat: Some(true),
                 at_least,
                 at_most,
-                notes: self.notes.clone(),
+                notes,
             });
         }
     }

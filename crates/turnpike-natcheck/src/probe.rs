@@ -548,6 +548,7 @@ impl NatCheck {
         if blocked {
             self.finish(
                 now,
+                true,
                 None,
                 None,
                 Behaviour::Unknown,
@@ -579,6 +580,7 @@ impl NatCheck {
             }
             self.finish(
                 now,
+                false,
                 public,
                 nat,
                 mapping.unwrap_or(Behaviour::Unknown),
@@ -712,9 +714,11 @@ impl NatCheck {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &mut self,
         now: Instant,
+        blocked: bool,
         public: Option<SocketAddr>,
         nat: Option<bool>,
         mapping: Behaviour,
@@ -724,8 +728,9 @@ impl NatCheck {
         let any_answer = [Kind::Test1, Kind::ControlIp, Kind::ControlPort]
             .into_iter()
             .any(|k| self.answer(k).is_some());
-        let nat_type = if nat.is_none() && any_answer {
-            // Some answers, but not the mapping test's: not "blocked", just not enough.
+        let nat_type = if nat.is_none() && (any_answer || !blocked) {
+            // Some answers but not the mapping test's, or the time limit came before silence
+            // proved anything: not "blocked", just not enough evidence.
             NatType::Unknown
         } else {
             NatType::classify(nat, mapping, filtering)

@@ -184,7 +184,7 @@ pub async fn run_lifetime(
     opts: &Options,
     max: Duration,
 ) -> Result<crate::LifetimeResult, NatCheckError> {
-    use crate::lifetime::{DEFAULT_STEPS, LifetimeSearch};
+    use crate::lifetime::LifetimeSearch;
 
     let server = resolve(&opts.server).await?;
     let ip = match opts.bind {
@@ -192,14 +192,7 @@ pub async fn run_lifetime(
         Some(b) if !b.ip().is_unspecified() => b.ip(),
         _ => route_ip(server)?,
     };
-    let mut steps: Vec<Duration> = DEFAULT_STEPS
-        .iter()
-        .map(|s| Duration::from_secs(*s))
-        .filter(|s| *s <= max)
-        .collect();
-    if steps.is_empty() {
-        steps.push(max.max(Duration::from_secs(1)));
-    }
+    let steps = crate::lifetime::steps_up_to(max);
     let mut sockets = Vec::new();
     for _ in 0..=steps.len() {
         let (s, local) = bind(SocketAddr::new(ip, 0)).await?;

@@ -27,6 +27,8 @@ struct Net {
     /// local -> (public port, last outbound)
     map: HashMap<SocketAddr, (u16, Instant)>,
     next_port: u16,
+    /// The server answers to the request's source, ignoring RESPONSE-PORT.
+    ignore_response_port: bool,
 }
 
 const PUBLIC: &str = "203.0.113.9";
@@ -93,17 +95,23 @@ fn search(
     loss_pct: u64,
     seed: u64,
 ) -> (LifetimeResult, Duration) {
+    search_with(lifetime, max_step, loss_pct, seed, false)
+}
+
+fn search_with(
+    lifetime: Option<Duration>,
+    max_step: u64,
+    loss_pct: u64,
+    seed: u64,
+    ignore_response_port: bool,
+) -> (LifetimeResult, Duration) {
     let now = Instant::now();
     let client_ip = if lifetime.is_some() {
         "192.168.1.2"
     } else {
         PUBLIC
     };
-    let steps: Vec<Duration> = turnpike_natcheck::lifetime::DEFAULT_STEPS
-        .iter()
-        .filter(|s| **s <= max_step)
-        .map(|s| Duration::from_secs(*s))
-        .collect();
+    let steps = turnpike_natcheck::lifetime::steps_up_to(Duration::from_secs(max_step));
     let probe = a(&format!("{client_ip}:6000"));
     let held: Vec<SocketAddr> = (0..steps.len())
         .map(|i| a(&format!("{client_ip}:{}", 6001 + i)))
@@ -118,6 +126,7 @@ fn search(
         seq: 0,
         map: HashMap::new(),
         next_port: 30000,
+        ignore_response_port,
     };
     let server = a("198.51.100.1:3478");
     let mut s = LifetimeSearch::new(server, &held, &steps, Timing::default(), now, seed);
@@ -150,9 +159,13 @@ fn search(
                         },
                         &mut out,
                     );
-                    if let Action::Reply { from, to, .. } = o.action {
+                    if let Action::Reply {
+                        from: src, to: dst, ..
+                    } = o.action
+                    {
                         let reply = out.clone();
-                        net.inbound(from, to, reply);
+                        let dst = if net.ignore_response_port { from } else { dst };
+                        net.inbound(src, dst, reply);
                     }
                 }
             }
@@ -204,8 +217,12 @@ fn no_nat_means_nothing_to_expire() {
 #[test]
 fn loss_never_gives_wrong_bounds() {
     let life = Duration::from_secs(10);
+    let mut bracketed = 0;
     for seed in 0..20 {
         let (r, _) = search(Some(life), 32, 20, 100 + seed);
+        if r.at_least.is_some() && r.at_most.is_some() {
+            bracketed += 1;
+        }
         if let Some(l) = r.at_least {
             assert!(l <= life, "seed {seed}: {r:?}");
         }
@@ -213,4 +230,33 @@ fn loss_never_gives_wrong_bounds() {
             assert!(m > life, "seed {seed}: {r:?}");
         }
     }
+    assert!(
+        bracketed >= 15,
+        "only {bracketed}/20 runs gave both bounds under 20 % loss"
+    );
+}
+
+#[test]
+fn a_server_ignoring_response_port_gives_no_bounds() {
+    let (r, _) = search_with(Some(Duration::from_secs(10)), 16, 0, 5, true);
+    assert_eq!((r.at_least, r.at_most), (None, None), "{r:?}");
+    assert!(
+        r.notes.iter().any(|n| n.contains("RESPONSE-PORT")),
+        "{:?}",
+        r.notes
+    );
+}
+
+#[test]
+fn steps_include_the_limit() {
+    use turnpike_natcheck::lifetime::steps_up_to;
+    let secs = |m| {
+        steps_up_to(Duration::from_secs(m))
+            .iter()
+            .map(|d| d.as_secs())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(secs(60), [1, 2, 4, 8, 16, 32, 60]);
+    assert_eq!(secs(300), [1, 2, 4, 8, 16, 32, 60, 120, 300]);
+    assert_eq!(secs(5), [1, 2, 4, 5]);
 }

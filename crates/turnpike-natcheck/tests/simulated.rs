@@ -542,3 +542,17 @@ fn second_server_tests_mapping_without_rfc5780() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_deadline_before_any_silence_is_proven_is_unknown_not_blocked() {
+    let timing = Timing {
+        deadline: Duration::from_millis(500),
+        ..Timing::default()
+    };
+    let r = Sim::new(Nat::Blocked, 12, 0, true).run(false, timing);
+    assert_eq!(r.nat_type, NatType::Unknown, "{r:?}");
+    assert!(r.notes.iter().any(|n| n.contains("time limit")));
+    // With enough time, the same path is reported blocked.
+    let r = Sim::new(Nat::Blocked, 12, 0, true).run(false, Timing::default());
+    assert_eq!(r.nat_type, NatType::UdpBlocked);
+}

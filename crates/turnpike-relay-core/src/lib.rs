@@ -36,7 +36,6 @@
 use std::net::{IpAddr, SocketAddr};
 
 use turnpike_proto::fast::{BindingSuccess, ErrorResponse};
-use turnpike_proto::view::ChangeRequest;
 use turnpike_proto::{
     Class, MessageView, ParseError, TransactionId, attr, classic, general, method,
 };
@@ -361,31 +360,17 @@ impl StunServer {
             return self.error(msg, view, &tid, 400, Some(reason), &[], out);
         }
 
+        // RFC 5780 requests are answered by the stun_codec-based general path. Their
+        // parameters come from the view, which (unlike stun_codec) stops at
+        // MESSAGE-INTEGRITY as RFC 8489 §14.5 requires and has already validated every
+        // attribute Binding reads; the differential tests prove both decoders agree on them.
         let general_path =
             view.change_request.is_some() || view.response_port.is_some() || view.padding.is_some();
-        let (change, response_port, padding) = if general_path {
-            match general::decode(msg.data) {
-                Ok(m) => {
-                    let p = general::binding_params(&m);
-                    let change = p
-                        .change_request
-                        .map(|(ip, port)| ChangeRequest { ip, port });
-                    (change, p.response_port, p.padding)
-                }
-                // stun_codec checks the value of every attribute it knows (UTF-8 text,
-                // address families, ...), including ones a Binding request does not use. The
-                // view already rejected malformed attributes that Binding reads, and the
-                // differential test proves both paths agree on those, so use the view's.
-                Err(general::CodecError::BrokenAttribute(_)) => (
-                    view.change_request,
-                    view.response_port,
-                    view.padding.map(usize::from),
-                ),
-                Err(_) => return Action::Drop(DropReason::Malformed),
-            }
-        } else {
-            (None, None, None)
-        };
+        let (change, response_port, padding) = (
+            view.change_request,
+            view.response_port,
+            view.padding.map(usize::from),
+        );
 
         if response_port == Some(0) {
             return self.error(msg, view, &tid, 400, Some("RESPONSE-PORT 0"), &[], out);

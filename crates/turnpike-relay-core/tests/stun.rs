@@ -398,10 +398,29 @@ fn padding_is_echoed_within_the_bound() {
     let req = binding(&[(attr::PADDING, &pad)]);
     let r = udp(&mut s, "198.51.100.1:3478", &req);
     assert_eq!(r.msg().get_attribute::<Padding>().unwrap().len(), 400);
-    // Tiny padding on IPv6 would push the reply over 100 bytes: it is shortened.
+    // On IPv6 with RFC 5780 the reply is already 100 bytes without PADDING (three 24-byte
+    // addresses + FINGERPRINT), the bound for a small request: PADDING is left out.
     let req = binding(&[(attr::PADDING, &[0; 8])]);
     let r = handle(&mut s, Transport::Udp, "[2001:db8::1]:3478", CLIENT6, &req).unwrap();
-    assert!(r.bytes.len() <= 100);
+    assert_eq!(r.bytes.len(), 100);
+    assert!(r.msg().get_attribute::<Padding>().is_none());
+    // On IPv4 the same PADDING fits whole.
+    let r = udp(&mut s, "198.51.100.1:3478", &req);
+    assert_eq!(
+        r.msg().get_attribute::<Padding>().map(Padding::len),
+        Some(8)
+    );
+    // A request that is small but pads a lot: PADDING is shortened to fit 2 x the request.
+    let mut single = single();
+    let req = binding(&[(attr::PADDING, &[0; 40])]);
+    let r = udp(&mut single, "192.0.2.1:3478", &req);
+    let limit = reply_limit(req.len());
+    assert!(r.bytes.len() <= limit);
+    assert_eq!(
+        r.msg().get_attribute::<Padding>().map(Padding::len),
+        Some(40),
+        "fits: 2 x 76 = 152 >= 20+12+44+8"
+    );
 }
 
 #[test]
@@ -665,4 +684,53 @@ proptest! {
     fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = handle(&mut discovery(), Transport::Udp, "198.51.100.1:3478", CLIENT, &data);
     }
+}
+
+#[test]
+fn attributes_after_message_integrity_are_ignored() {
+    // RFC 8489 §14.5: nothing after MESSAGE-INTEGRITY but MESSAGE-INTEGRITY-SHA256 and
+    // FINGERPRINT counts, whichever path answers.
+    let mut s = discovery();
+    let mi = [0u8; 20];
+    let r = udp(
+        &mut s,
+        "198.51.100.1:3478",
+        &binding(&[
+            (attr::CHANGE_REQUEST, &[0; 4]),
+            (attr::MESSAGE_INTEGRITY, &mi),
+            (attr::RESPONSE_PORT, &[0x27, 0x0F, 0, 0]),
+        ]),
+    );
+    assert_eq!(
+        (r.error, r.to),
+        (None, CLIENT.parse().unwrap()),
+        "RESPONSE-PORT after MI ignored"
+    );
+    let r = udp(
+        &mut s,
+        "198.51.100.1:3478",
+        &binding(&[
+            (attr::PADDING, &[0; 8]),
+            (attr::MESSAGE_INTEGRITY, &mi),
+            (attr::CHANGE_REQUEST, &[0, 0, 0, 6]),
+        ]),
+    );
+    assert_eq!(
+        (r.error, r.from),
+        (None, "198.51.100.1:3478".parse().unwrap()),
+        "CHANGE-REQUEST after MI ignored"
+    );
+    let r = handle(
+        &mut s,
+        Transport::Tcp,
+        "198.51.100.1:3478",
+        CLIENT,
+        &binding(&[
+            (attr::PADDING, &[0; 8]),
+            (attr::MESSAGE_INTEGRITY, &mi),
+            (attr::RESPONSE_PORT, &[0, 80, 0, 0]),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(r.error, None, "over TCP too");
 }

@@ -187,6 +187,9 @@ pub fn run(args: NatCheckArgs) -> Result<ExitCode> {
     if args.repeat == 0 || args.repeat > 100 {
         bail!("--repeat must be between 1 and 100");
     }
+    if args.lifetime_max == 0 || args.lifetime_max > 3600 {
+        bail!("--lifetime-max must be between 1 and 3600 seconds");
+    }
     let opts = Options {
         server: args.server.clone(),
         second_server: args.second_server.clone(),
@@ -207,9 +210,6 @@ pub fn run(args: NatCheckArgs) -> Result<ExitCode> {
         reports.push(r);
     }
     let lifetime = if args.lifetime {
-        if args.lifetime_max == 0 || args.lifetime_max > 3600 {
-            bail!("--lifetime-max must be between 1 and 3600 seconds");
-        }
         let l = runtime
             .block_on(turnpike_natcheck::run_lifetime(
                 &opts,
