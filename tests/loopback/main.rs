@@ -100,6 +100,21 @@ fn tcp_back_to_back_and_partial_reads() {
     }
     let r = stun::read_tcp_response(&mut tcp);
     assert_eq!(r.transaction_id, req[8..20]);
+
+    // A valid request followed by garbage in one segment: the answer still arrives, then
+    // the server closes the stream.
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    let req = binding_request(&[], false);
+    tcp.write_all(&[&req[..], &[0xFF, 0xFF, 0xFF, 0xFF]].concat())
+        .unwrap();
+    let r = stun::read_tcp_response(&mut tcp);
+    assert_eq!(r.transaction_id, req[8..20]);
+    let mut rest = [0u8; 16];
+    assert!(
+        matches!(tcp.read(&mut rest), Ok(0) | Err(_)),
+        "closed after the garbage"
+    );
     srv.stop();
 }
 

@@ -1,5 +1,6 @@
 //! HTTP endpoints: `/healthz`, `/readyz` on the `--http` address, `/metrics` on `--metrics`.
 
+use std::future::Future as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -8,10 +9,126 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::Shared;
+
+/// Connections one HTTP listener serves at once; more wait in the kernel's accept queue.
+pub const MAX_HTTP_CONNECTIONS: usize = 1024;
+/// A connection that sends nothing for this long is closed (idle keep-alive, slow headers).
+pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A TCP listener that serves at most `MAX_HTTP_CONNECTIONS` connections at a time and closes
+/// connections idle for `HTTP_IDLE_TIMEOUT`, so a public HTTP port cannot be used to exhaust
+/// the process's file descriptors.
+pub struct CappedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl CappedListener {
+    /// Wraps `inner`.
+    pub fn new(inner: TcpListener) -> Self {
+        CappedListener {
+            inner,
+            permits: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
+        }
+    }
+}
+
+impl axum::serve::Listener for CappedListener {
+    type Io = CappedIo;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            // Closed never happens (the semaphore lives as long as the listener).
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                continue;
+            };
+            match self.inner.accept().await {
+                Ok((io, addr)) => {
+                    let sleep = Box::pin(tokio::time::sleep(HTTP_IDLE_TIMEOUT));
+                    return (
+                        CappedIo {
+                            io,
+                            _permit: permit,
+                            sleep,
+                        },
+                        addr,
+                    );
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted HTTP connection: holds its slot and an idle deadline reset by every read.
+pub struct CappedIo {
+    io: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl AsyncRead for CappedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + HTTP_IDLE_TIMEOUT);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "HTTP connection idle",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for CappedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
 
 async fn healthz() -> &'static str {
     "ok\n"
@@ -57,7 +174,7 @@ pub fn health_router(shared: Arc<Shared>) -> Router {
 
 /// Serves `/healthz` and `/readyz` until shutdown.
 pub async fn serve_health(listener: TcpListener, shared: Arc<Shared>, rx: watch::Receiver<bool>) {
-    if let Err(e) = axum::serve(listener, health_router(shared))
+    if let Err(e) = axum::serve(CappedListener::new(listener), health_router(shared))
         .with_graceful_shutdown(until_shutdown(rx))
         .await
     {
@@ -70,7 +187,7 @@ pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, rx: watch
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(shared);
-    if let Err(e) = axum::serve(listener, app)
+    if let Err(e) = axum::serve(CappedListener::new(listener), app)
         .with_graceful_shutdown(until_shutdown(rx))
         .await
     {

@@ -157,6 +157,9 @@ async fn serve_connection(
     loop {
         // Answer every complete message already buffered.
         let mut consumed = 0;
+        // Set when the stream cannot continue (not STUN, or a message over the limit); the
+        // replies already computed are still sent first.
+        let mut close = false;
         out.clear();
         loop {
             let pending = &buf[consumed..filled];
@@ -166,8 +169,8 @@ async fn serve_connection(
                         Transport::Tcp,
                         DropReason::Parse(turnpike_proto::ParseError::NotStun),
                     );
-                    counters.flush(&shared.metrics);
-                    return;
+                    close = true;
+                    break;
                 }
             }
             let Some(len) = stream_frame_len(pending) else {
@@ -175,8 +178,8 @@ async fn serve_connection(
             };
             if len > MAX_MESSAGE {
                 counters.drop(Transport::Tcp, DropReason::Oversize);
-                counters.flush(&shared.metrics);
-                return;
+                close = true;
+                break;
             }
             if pending.len() < len {
                 break;
@@ -211,6 +214,9 @@ async fn serve_connection(
                     return;
                 }
             }
+        }
+        if close {
+            return;
         }
         buf.copy_within(consumed..filled, 0);
         filled -= consumed;

@@ -90,6 +90,14 @@ fn serve_socket(
         return;
     };
     let bound = *bound;
+    // If this thread ends for any reason other than shutdown (a panic included), its socket
+    // stays in the SO_REUSEPORT group and its share of clients would go unanswered: say so
+    // on /readyz.
+    let _guard = ExitGuard {
+        bound,
+        shared,
+        stop,
+    };
     let wildcard = bound.ip().is_unspecified();
     let mut recv = RecvBatch::new(BATCH, MAX_DATAGRAM);
     let mut send = SendBatch::new(BATCH, MAX_REPLY);
@@ -108,7 +116,9 @@ fn serve_socket(
             }
             Err(e) => {
                 // ICMP errors surface here on some kernels; they concern one peer, not us.
+                // Back off briefly so a persistent error cannot spin the thread.
                 tracing::debug!(error = %e, "UDP receive error");
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
         }
@@ -165,6 +175,26 @@ fn serve_socket(
         counters.flush(&shared.metrics);
     }
     counters.flush(&shared.metrics);
+}
+
+struct ExitGuard<'a> {
+    bound: SocketAddr,
+    shared: &'a Shared,
+    stop: &'a AtomicBool,
+}
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        if !self.stop.load(Ordering::Relaxed) {
+            let why = if std::thread::panicking() {
+                "panicked"
+            } else {
+                "stopped"
+            };
+            self.shared
+                .fail(format!("the UDP worker for {} {why}", self.bound));
+        }
+    }
 }
 
 fn flush(sock: &UdpSocket, batch: &mut SendBatch, shared: &Shared) {

@@ -277,8 +277,11 @@ fn parse_pktinfo(hdr: &libc::msghdr, ctrl: &CmsgBuf) -> Option<IpAddr> {
             // SAFETY: the in_pktinfo payload lies inside `ctrl` (checked above); read_unaligned
             // makes no alignment assumption; any bit pattern is a valid in_pktinfo.
             let info: libc::in_pktinfo = unsafe { ptr::read_unaligned(data.cast()) };
+            // `ipi_spec_dst` is the local address the packet belongs to: the destination for
+            // unicast, the interface's address for broadcast (a reply must not be sourced
+            // from a broadcast address).
             return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                info.ipi_addr.s_addr,
+                info.ipi_spec_dst.s_addr,
             ))));
         }
         if c.cmsg_level == libc::IPPROTO_IPV6

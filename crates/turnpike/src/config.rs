@@ -277,8 +277,8 @@ impl Settings {
         if self.alternate_port.is_some() && self.alternate_ip.is_empty() {
             bail!("--alternate-port needs --alternate-ip (RFC 5780 uses two IPs and two ports)");
         }
-        if self.tcp_idle_timeout == 0 {
-            bail!("--tcp-idle-timeout must be at least 1 second");
+        if !(1..=86_400).contains(&self.tcp_idle_timeout) {
+            bail!("--tcp-idle-timeout must be between 1 and 86400 seconds");
         }
         if let (Endpoint::At(h), Endpoint::At(m)) = (self.http, self.metrics) {
             if h == m && h.port() != 0 {
