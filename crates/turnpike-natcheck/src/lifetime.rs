@@ -162,15 +162,7 @@ impl LifetimeSearch {
     }
 
     fn next_tid(&mut self) -> [u8; 12] {
-        let mut tid = [0u8; 12];
-        for chunk in tid.chunks_mut(4) {
-            self.rng ^= self.rng >> 12;
-            self.rng ^= self.rng << 25;
-            self.rng ^= self.rng >> 27;
-            let v = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            chunk.copy_from_slice(&v.to_be_bytes()[..4]);
-        }
-        tid
+        crate::probe::next_tid(&mut self.rng)
     }
 
     fn silent(&self, r: &Request, now: Instant) -> bool {

@@ -34,6 +34,19 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use turnpike_proto::client::{self, BindingResponse, Received};
 
+/// A transaction id from a xorshift64* generator; the state is seeded by the driver.
+pub(crate) fn next_tid(rng: &mut u64) -> [u8; 12] {
+    let mut tid = [0u8; 12];
+    for chunk in tid.chunks_mut(4) {
+        *rng ^= *rng >> 12;
+        *rng ^= *rng << 25;
+        *rng ^= *rng >> 27;
+        let v = rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        chunk.copy_from_slice(&v.to_be_bytes()[..4]);
+    }
+    tid
+}
+
 /// The local sockets the sequencer uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SocketId {
@@ -310,16 +323,7 @@ impl NatCheck {
     }
 
     fn next_tid(&mut self) -> [u8; 12] {
-        let mut tid = [0u8; 12];
-        for chunk in tid.chunks_mut(4) {
-            // xorshift64*
-            self.rng ^= self.rng >> 12;
-            self.rng ^= self.rng << 25;
-            self.rng ^= self.rng >> 27;
-            let v = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            chunk.copy_from_slice(&v.to_be_bytes()[..4]);
-        }
-        tid
+        next_tid(&mut self.rng)
     }
 
     fn add(
