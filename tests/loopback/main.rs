@@ -3,6 +3,7 @@
 //! Each test starts its own server on free ports of 127.0.0.1 / 127.0.0.2 / ::1 (all of
 //! 127.0.0.0/8 is loopback on Linux), talks to it with plain std sockets, and stops it.
 
+mod hub;
 mod server;
 mod stun;
 

@@ -172,9 +172,23 @@ pub fn health_router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Serves `/healthz` and `/readyz` until shutdown.
-pub async fn serve_health(listener: TcpListener, shared: Arc<Shared>, rx: watch::Receiver<bool>) {
-    if let Err(e) = axum::serve(CappedListener::new(listener), health_router(shared))
+/// Serves `/healthz`, `/readyz` and, with a hub, `/v1/ws` and `/v1/ice-servers` until
+/// shutdown.
+pub async fn serve_health(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    signal: Option<crate::signal::SignalState>,
+    rx: watch::Receiver<bool>,
+) {
+    use axum::serve::ListenerExt as _;
+    let mut app = health_router(shared);
+    if let Some(state) = signal {
+        app = app.merge(crate::signal::routes(state));
+    }
+    // tap_io is a no-op here; it makes axum's SocketAddr connect-info apply to our listener.
+    let listener = CappedListener::new(listener).tap_io(|_io| {});
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(until_shutdown(rx))
         .await
     {

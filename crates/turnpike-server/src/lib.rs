@@ -19,6 +19,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod signal;
 pub mod tcp;
 pub mod udp;
 pub mod udp_batch;
@@ -53,6 +54,8 @@ pub struct ServerConfig {
     pub tcp_max_connections: usize,
     /// Close a TCP connection after this long without a complete message.
     pub tcp_idle_timeout: Duration,
+    /// The signaling hub, served on the HTTP address.
+    pub signal: signal::SignalConfig,
 }
 
 impl ServerConfig {
@@ -159,9 +162,11 @@ impl Server {
         let udp = udp::spawn_workers(udp_sockets, &config.stun, shared.clone(), udp_stop.clone())?;
         let mut tasks = tcp::spawn(tcp_listeners, &config, shared.clone(), rx.clone());
         if let Some(l) = http_listener {
+            let hub = signal::spawn(config.signal.clone(), rx.clone());
             tasks.push(tokio::spawn(http::serve_health(
                 l,
                 shared.clone(),
+                Some(hub),
                 rx.clone(),
             )));
         }

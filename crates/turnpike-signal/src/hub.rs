@@ -360,6 +360,19 @@ impl Hub {
         }
     }
 
+    /// A frame the protocol does not use arrived (binary data): answered with `bad-request`.
+    pub fn handle_binary(&mut self, now: Now, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.last_rx = now.mono;
+        self.error(
+            conn,
+            ErrorCode::BadRequest,
+            "binary frames are not part of the protocol; send JSON text".to_owned(),
+        );
+    }
+
     /// Expires resume windows and idle connections.
     pub fn handle_timeout(&mut self, now: Now) {
         let idle: Vec<ConnId> = self

@@ -93,6 +93,9 @@ pub struct FileConfig {
     udp_workers: Option<usize>,
     tcp_max_connections: Option<usize>,
     tcp_idle_timeout: Option<u64>,
+    hub_secret: Option<String>,
+    allowed_origin: Option<Vec<String>>,
+    ice_ttl: Option<u64>,
 }
 
 impl FileConfig {
@@ -157,6 +160,26 @@ pub struct ServeArgs {
     /// closed [default: 300].
     #[arg(long, env = "TURNPIKE_TCP_IDLE_TIMEOUT", value_name = "SECS")]
     pub tcp_idle_timeout: Option<u64>,
+    /// Secret for the signaling hub: with it, `join` needs an HS256 JWT signed with it
+    /// [default: none, the hub is open].
+    #[arg(
+        long,
+        env = "TURNPIKE_HUB_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub hub_secret: Option<String>,
+    /// Browser origin allowed to open the signaling WebSocket (repeatable) [default: any].
+    #[arg(
+        long,
+        env = "TURNPIKE_ALLOWED_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origin: Vec<String>,
+    /// Lifetime in seconds of the ICE credentials the hub hands out [default: 300].
+    #[arg(long, env = "TURNPIKE_ICE_TTL", value_name = "SECS")]
+    pub ice_ttl: Option<u64>,
     /// Print the merged configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -187,6 +210,13 @@ pub struct Settings {
     pub tcp_max_connections: usize,
     /// TCP idle timeout, seconds.
     pub tcp_idle_timeout: u64,
+    /// Hub secret (never printed).
+    #[serde(skip_serializing)]
+    pub hub_secret: Option<String>,
+    /// Allowed browser origins for the signaling WebSocket.
+    pub allowed_origin: Vec<String>,
+    /// ICE credential lifetime, seconds.
+    pub ice_ttl: u64,
 }
 
 impl Default for Settings {
@@ -202,6 +232,9 @@ impl Default for Settings {
             udp_workers: 0,
             tcp_max_connections: 10_000,
             tcp_idle_timeout: 300,
+            hub_secret: None,
+            allowed_origin: Vec::new(),
+            ice_ttl: 300,
         }
     }
 }
@@ -248,6 +281,15 @@ impl Settings {
                 .tcp_idle_timeout
                 .or(file.tcp_idle_timeout)
                 .unwrap_or(d.tcp_idle_timeout),
+            hub_secret: args
+                .hub_secret
+                .clone()
+                .or(file.hub_secret)
+                .filter(|s| !s.is_empty()),
+            allowed_origin: nonempty(&args.allowed_origin)
+                .or(file.allowed_origin)
+                .unwrap_or(d.allowed_origin),
+            ice_ttl: args.ice_ttl.or(file.ice_ttl).unwrap_or(d.ice_ttl),
         }
     }
 
@@ -340,6 +382,36 @@ impl Settings {
                 alternate_port,
             });
         }
+        if !(60..=86_400).contains(&self.ice_ttl) {
+            bail!("--ice-ttl must be between 60 and 86400 seconds");
+        }
+        if self.hub_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            bail!("--hub-secret must be at least 16 characters (it signs join tokens)");
+        }
+        let primary = self.listen[0];
+        let default_host = if primary.ip().is_unspecified() {
+            "localhost".to_owned()
+        } else if primary.is_ipv6() {
+            format!("[{}]", primary.ip())
+        } else {
+            primary.ip().to_string()
+        };
+        let signal = turnpike_server::signal::SignalConfig {
+            hub: turnpike_signal::HubConfig {
+                hub_secret: self.hub_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+                ice: turnpike_signal::creds::IceConfig {
+                    // The hub offers this server's STUN service; TURN URLs join when the
+                    // relay exists.
+                    stun_urls: vec![format!("stun:{{host}}:{}", primary.port())],
+                    turn_urls: Vec::new(),
+                    secret: None,
+                    ttl_secs: self.ice_ttl,
+                    default_host,
+                },
+                ..turnpike_signal::HubConfig::default()
+            },
+            allowed_origins: self.allowed_origin.clone(),
+        };
         let udp_workers = match self.udp_workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -352,6 +424,7 @@ impl Settings {
             udp_workers,
             tcp_max_connections: self.tcp_max_connections.max(1),
             tcp_idle_timeout: Duration::from_secs(self.tcp_idle_timeout),
+            signal,
         })
     }
 }

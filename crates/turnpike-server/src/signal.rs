@@ -1,0 +1,293 @@
+//! The signaling hub's WebSocket adapter: `GET /v1/ws` and `GET /v1/ice-servers`.
+//!
+//! All decisions are the sans-IO [`Hub`]'s. One task owns it (an actor): sockets send it
+//! events over a bounded channel, it runs the hub's timer, and it hands each connection its
+//! outgoing frames through a bounded per-connection queue. A connection whose queue is full
+//! (a client that does not read) is closed rather than allowed to grow memory. Each socket
+//! is split into a reader (frames → hub) and a writer (hub → frames), and both end together.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use turnpike_signal::creds::IceConfig;
+use turnpike_signal::{ConnId, ConnectError, Hub, HubConfig, Now, Output};
+
+/// Frames queued for one connection before it counts as not reading.
+const CONN_QUEUE: usize = 256;
+/// Events queued for the hub task.
+const HUB_QUEUE: usize = 4096;
+
+/// Hub settings that live outside the sans-IO core.
+#[derive(Debug, Clone, Default)]
+pub struct SignalConfig {
+    /// The hub core's configuration.
+    pub hub: HubConfig,
+    /// Browser origins allowed to open `/v1/ws` (empty: any). Clients that send no `Origin`
+    /// (not browsers) are always allowed.
+    pub allowed_origins: Vec<String>,
+}
+
+enum Event {
+    Connect {
+        conn: ConnId,
+        addr: SocketAddr,
+        host: Option<String>,
+        reply: oneshot::Sender<Result<mpsc::Receiver<Out>, ConnectError>>,
+    },
+    Text {
+        conn: ConnId,
+        text: String,
+    },
+    Binary {
+        conn: ConnId,
+    },
+    Disconnect {
+        conn: ConnId,
+    },
+}
+
+enum Out {
+    Text(String),
+    Close(u16, &'static str),
+}
+
+fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
+}
+
+/// State shared by the HTTP handlers.
+#[derive(Clone)]
+pub struct SignalState {
+    tx: mpsc::Sender<Event>,
+    next_conn: Arc<AtomicU64>,
+    allowed_origins: Arc<Vec<String>>,
+    ice: Arc<IceConfig>,
+    max_message_bytes: usize,
+}
+
+/// Starts the hub task; it ends when `shutdown` fires.
+pub fn spawn(config: SignalConfig, mut shutdown: watch::Receiver<bool>) -> SignalState {
+    let (tx, mut rx) = mpsc::channel::<Event>(HUB_QUEUE);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(29);
+    let state = SignalState {
+        tx,
+        next_conn: Arc::new(AtomicU64::new(1)),
+        allowed_origins: Arc::new(config.allowed_origins.clone()),
+        ice: Arc::new(config.hub.ice.clone()),
+        max_message_bytes: config.hub.max_message_bytes,
+    };
+    let mut hub = Hub::new(config.hub, seed);
+    tokio::spawn(async move {
+        let mut conns: HashMap<ConnId, mpsc::Sender<Out>> = HashMap::new();
+        loop {
+            let wake = hub.poll_timeout();
+            let timer = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = crate::stopped(&mut shutdown) => break,
+                ev = rx.recv() => match ev {
+                    None => break,
+                    Some(Event::Connect { conn, addr, host, reply }) => {
+                        match hub.handle_connect_from(now(), conn, addr.ip(), host) {
+                            Ok(()) => {
+                                let (otx, orx) = mpsc::channel(CONN_QUEUE);
+                                conns.insert(conn, otx);
+                                if reply.send(Ok(orx)).is_err() {
+                                    conns.remove(&conn);
+                                    hub.handle_disconnect(now(), conn);
+                                }
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
+                    Some(Event::Text { conn, text }) => hub.handle_message(now(), conn, &text),
+                    Some(Event::Binary { conn }) => hub.handle_binary(now(), conn),
+                    Some(Event::Disconnect { conn }) => {
+                        conns.remove(&conn);
+                        hub.handle_disconnect(now(), conn);
+                    }
+                },
+                () = timer => hub.handle_timeout(now()),
+            }
+            while let Some(o) = hub.poll_output() {
+                match o {
+                    Output::Send { conn, text } => {
+                        let full = conns
+                            .get(&conn)
+                            .is_some_and(|q| q.try_send(Out::Text(text)).is_err());
+                        if full {
+                            // A client that does not read its messages: drop it (its session
+                            // keeps the messages for a resume).
+                            if let Some(q) = conns.remove(&conn) {
+                                let _ = q.try_send(Out::Close(1008, "not reading"));
+                            }
+                            hub.handle_disconnect(now(), conn);
+                        }
+                    }
+                    Output::Close { conn, code, reason } => {
+                        if let Some(q) = conns.remove(&conn) {
+                            let _ = q.try_send(Out::Close(code, reason));
+                        }
+                        hub.handle_disconnect(now(), conn);
+                    }
+                }
+            }
+        }
+        // Shutdown: tell every client, so it can resume elsewhere.
+        for (_, q) in conns.drain() {
+            let _ = q.try_send(Out::Close(1001, "server shutting down"));
+        }
+    });
+    state
+}
+
+/// The host the client used, without port (for `{host}` in ICE URLs).
+fn request_host(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let host = if let Some(rest) = host.strip_prefix('[') {
+        // [IPv6]:port
+        format!("[{}]", rest.split(']').next()?)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned()
+    };
+    (!host.is_empty() && host.len() <= 253).then_some(host)
+}
+
+/// `/v1/ws` and `/v1/ice-servers`.
+pub fn routes(state: SignalState) -> Router {
+    Router::new()
+        .route("/v1/ws", get(ws))
+        .route("/v1/ice-servers", get(ice_servers))
+        .with_state(state)
+}
+
+async fn ice_servers(State(st): State<SignalState>, headers: HeaderMap) -> impl IntoResponse {
+    let host = request_host(&headers);
+    let user = format!("anon-{:x}", st.next_conn.fetch_add(1, Ordering::Relaxed));
+    let servers = st.ice.ice_servers_for(&user, now().unix, host.as_deref());
+    axum::Json(serde_json::json!({ "iceServers": servers, "ttl": st.ice.ttl_secs }))
+}
+
+async fn ws(
+    State(st): State<SignalState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        if !st.allowed_origins.is_empty() && !st.allowed_origins.iter().any(|a| a == origin) {
+            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        }
+    }
+    let conn = ConnId(st.next_conn.fetch_add(1, Ordering::Relaxed));
+    let (reply, answer) = oneshot::channel();
+    let host = request_host(&headers);
+    let event = Event::Connect {
+        conn,
+        addr,
+        host,
+        reply,
+    };
+    if st.tx.send(event).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let rx = match answer.await {
+        Ok(Ok(rx)) => rx,
+        Ok(Err(ConnectError::TooManyFromIp)) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address\n",
+            )
+                .into_response();
+        }
+        Ok(Err(ConnectError::TooManyConnections)) | Err(_) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+        }
+    };
+    let tx = st.tx.clone();
+    // Frames somewhat over the limit still reach the hub, which answers message-too-large;
+    // far larger ones are refused by the WebSocket layer.
+    let max = st.max_message_bytes.saturating_mul(2).max(1024);
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve_socket(socket, conn, rx, tx))
+}
+
+async fn serve_socket(
+    socket: WebSocket,
+    conn: ConnId,
+    mut rx: mpsc::Receiver<Out>,
+    tx: mpsc::Sender<Event>,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let writer = async move {
+        while let Some(out) = rx.recv().await {
+            match out {
+                Out::Text(t) => {
+                    if sink.send(Message::Text(t.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Out::Close(code, reason) => {
+                    let frame = CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break;
+                }
+            }
+        }
+    };
+    let reader = {
+        let tx = tx.clone();
+        async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let ev = match msg {
+                    Message::Text(t) => Event::Text {
+                        conn,
+                        text: t.to_string(),
+                    },
+                    Message::Binary(_) => Event::Binary { conn },
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                if tx.send(ev).await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    // Either side ending ends the connection.
+    tokio::select! {
+        () = writer => {}
+        () = reader => {}
+    }
+    let _ = tx.send(Event::Disconnect { conn }).await;
+}

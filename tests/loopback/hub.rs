@@ -1,0 +1,236 @@
+//! The signaling hub over real WebSockets (tokio-tungstenite) against the running binary.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::server::{Server, free_port, http_get};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(srv: &Server) -> Ws {
+    let url = format!("ws://{}/v1/ws", srv.http);
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket connect");
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(3), ws.next())
+            .await
+            .expect("a message within 3 s")
+            .expect("stream open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).expect("JSON");
+        }
+    }
+}
+
+fn start() -> Server {
+    let p = free_port("127.0.0.1");
+    Server::start(&["--listen", &format!("127.0.0.1:{p}")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_signal_through_the_hub() {
+    let srv = start();
+    let mut a = connect(&srv).await;
+    let mut b = connect(&srv).await;
+    send(
+        &mut a,
+        json!({"type": "join", "room": "demo", "peer_id": "alice"}),
+    )
+    .await;
+    let wa = recv(&mut a).await;
+    assert_eq!(
+        (wa["type"].as_str(), wa["seq"].as_u64()),
+        (Some("welcome"), Some(1))
+    );
+    let stun = wa["ice_servers"][0]["urls"][0].as_str().unwrap().to_owned();
+    assert!(
+        stun.starts_with("stun:127.0.0.1:"),
+        "STUN URL uses the host the client used: {stun}"
+    );
+    send(
+        &mut b,
+        json!({"type": "join", "room": "demo", "peer_id": "bob"}),
+    )
+    .await;
+    assert_eq!(recv(&mut b).await["peers"], json!(["alice"]));
+    assert_eq!(
+        recv(&mut a).await,
+        json!({"type": "peer-joined", "peer_id": "bob", "seq": 2})
+    );
+    send(
+        &mut b,
+        json!({"type": "offer", "to": "alice", "sdp": "v=0 offer"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut a).await,
+        json!({"type": "offer", "from": "bob", "sdp": "v=0 offer", "seq": 3})
+    );
+    send(
+        &mut a,
+        json!({"type": "answer", "to": "bob", "sdp": "v=0 answer"}),
+    )
+    .await;
+    assert_eq!(recv(&mut b).await["type"], "answer");
+    let cand = json!({"candidate": "candidate:1 1 udp 2113937151 192.0.2.7 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "abcd"});
+    send(
+        &mut a,
+        json!({"type": "candidate", "to": "bob", "candidate": cand}),
+    )
+    .await;
+    assert_eq!(recv(&mut b).await["candidate"], cand);
+    send(&mut a, json!({"type": "offer", "to": "carol", "sdp": "x"})).await;
+    assert_eq!(recv(&mut a).await["code"], "peer-not-found");
+    send(&mut a, json!({"type": "leave"})).await;
+    assert_eq!(recv(&mut b).await["type"], "peer-left");
+    srv.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_socket_resumes_without_losing_messages() {
+    let srv = start();
+    let mut a = connect(&srv).await;
+    let mut b = connect(&srv).await;
+    send(
+        &mut a,
+        json!({"type": "join", "room": "r", "peer_id": "alice"}),
+    )
+    .await;
+    let session = recv(&mut a).await["session"].as_str().unwrap().to_owned();
+    send(
+        &mut b,
+        json!({"type": "join", "room": "r", "peer_id": "bob"}),
+    )
+    .await;
+    recv(&mut b).await;
+    assert_eq!(recv(&mut a).await["seq"], 2);
+    drop(a); // no leave: an unclean drop
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..3 {
+        send(&mut b, json!({"type": "candidate", "to": "alice", "candidate": {"candidate": format!("c{i}"), "sdpMid": "0"}})).await;
+    }
+    // bob sees no error (alice is still in the room) and no peer-left.
+    send(&mut b, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut b).await["type"], "pong");
+    let mut a2 = connect(&srv).await;
+    send(
+        &mut a2,
+        json!({"type": "resume", "session": session, "last_seq": 2}),
+    )
+    .await;
+    let r = recv(&mut a2).await;
+    assert_eq!(
+        (r["type"].as_str(), r["replay_complete"].as_bool()),
+        (Some("resumed"), Some(true))
+    );
+    for i in 0..3u64 {
+        let m = recv(&mut a2).await;
+        assert_eq!(
+            (m["seq"].as_u64(), m["candidate"]["candidate"].as_str()),
+            (Some(3 + i), Some(format!("c{i}").as_str()))
+        );
+    }
+    srv.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_and_floods_are_refused_while_other_rooms_work() {
+    let srv = start();
+    let mut a = connect(&srv).await;
+    let mut b = connect(&srv).await;
+    let mut c = connect(&srv).await;
+    send(
+        &mut a,
+        json!({"type": "join", "room": "noisy", "peer_id": "a"}),
+    )
+    .await;
+    recv(&mut a).await;
+    send(
+        &mut b,
+        json!({"type": "join", "room": "calm", "peer_id": "b"}),
+    )
+    .await;
+    recv(&mut b).await;
+    send(
+        &mut c,
+        json!({"type": "join", "room": "calm", "peer_id": "c"}),
+    )
+    .await;
+    recv(&mut c).await;
+    recv(&mut b).await; // peer-joined
+    let big = "x".repeat(70 * 1024);
+    send(&mut a, json!({"type": "offer", "to": "a", "sdp": big})).await;
+    assert_eq!(recv(&mut a).await["code"], "message-too-large");
+    for _ in 0..150 {
+        send(&mut a, json!({"type": "ping"})).await;
+    }
+    let mut limited = false;
+    for _ in 0..150 {
+        let m = recv(&mut a).await;
+        if m["code"] == "rate-limited" {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "a flood is rate-limited");
+    send(&mut c, json!({"type": "offer", "to": "b", "sdp": "fine"})).await;
+    assert_eq!(recv(&mut b).await["sdp"], "fine");
+    send(&mut b, json!({"type": "nonsense"})).await;
+    assert_eq!(recv(&mut b).await["code"], "unknown-type");
+    b.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(recv(&mut b).await["code"], "bad-request");
+    srv.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_servers_endpoint_and_origin_policy() {
+    let p = free_port("127.0.0.1");
+    let srv = Server::start(&[
+        "--listen",
+        &format!("127.0.0.1:{p}"),
+        "--allowed-origin",
+        "https://good.example",
+    ]);
+    let r = http_get(srv.http, "/v1/ice-servers");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let body: Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["ttl"], 300);
+    assert_eq!(
+        body["iceServers"][0]["urls"][0],
+        format!("stun:test:{p}"),
+        "host from the Host header"
+    );
+    let url = format!("ws://{}/v1/ws", srv.http);
+    let mut req = url.clone().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    assert!(
+        tokio_tungstenite::connect_async(req).await.is_err(),
+        "foreign origin refused"
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://good.example".parse().unwrap());
+    assert!(
+        tokio_tungstenite::connect_async(req).await.is_ok(),
+        "allowed origin accepted"
+    );
+    srv.stop();
+}
