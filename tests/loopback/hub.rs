@@ -100,6 +100,17 @@ async fn two_peers_signal_through_the_hub() {
     assert_eq!(recv(&mut a).await["code"], "peer-not-found");
     send(&mut a, json!({"type": "leave"})).await;
     assert_eq!(recv(&mut b).await["type"], "peer-left");
+    let m = http_get(srv.metrics, "/metrics");
+    for line in [
+        "turnpike_hub_connections 2",
+        "turnpike_hub_rooms 1",
+        "turnpike_hub_peers 1",
+        "turnpike_hub_messages_total{type=\"join\"} 2",
+        "turnpike_hub_messages_total{type=\"offer\"} 2",
+        "turnpike_hub_errors_total{code=\"peer-not-found\"} 1",
+    ] {
+        assert!(m.contains(line), "metrics lack {line:?}:\n{m}");
+    }
     srv.stop();
 }
 

@@ -162,7 +162,7 @@ impl Server {
         let udp = udp::spawn_workers(udp_sockets, &config.stun, shared.clone(), udp_stop.clone())?;
         let mut tasks = tcp::spawn(tcp_listeners, &config, shared.clone(), rx.clone());
         if let Some(l) = http_listener {
-            let hub = signal::spawn(config.signal.clone(), rx.clone());
+            let hub = signal::spawn(config.signal.clone(), shared.clone(), rx.clone());
             tasks.push(tokio::spawn(http::serve_health(
                 l,
                 shared.clone(),

@@ -134,6 +134,125 @@ pub struct Metrics {
     pub tcp_active: AtomicU64,
     /// UDP datagrams the kernel refused to send.
     pub udp_send_errors: AtomicU64,
+    /// The signaling hub's numbers, published by the hub task.
+    pub hub: HubMetrics,
+}
+
+/// The signaling hub's numbers: gauges and cumulative counters copied from the hub core.
+#[derive(Debug, Default)]
+pub struct HubMetrics {
+    /// Open WebSocket connections.
+    pub connections: AtomicU64,
+    /// Rooms.
+    pub rooms: AtomicU64,
+    /// Joined peers (connected or within their resume window).
+    pub peers: AtomicU64,
+    /// Client messages by type (`turnpike_signal::protocol::CLIENT_TYPES` order).
+    pub messages: [AtomicU64; 8],
+    /// Errors sent by code (`ErrorCode::ALL` order).
+    pub errors: [AtomicU64; 12],
+    /// Successful resumes.
+    pub resumes: AtomicU64,
+    /// Sessions whose resume window expired.
+    pub expired: AtomicU64,
+    /// Connections the hub closed (idle or misbehaving).
+    pub closed: AtomicU64,
+    /// Connections closed because they did not read their messages (counted by the adapter).
+    pub slow_closed: AtomicU64,
+}
+
+impl HubMetrics {
+    /// Copies the hub's current numbers.
+    pub fn publish(&self, hub: &turnpike_signal::Hub) {
+        let (conns, rooms, peers) = hub.gauges();
+        self.connections.store(conns as u64, Relaxed);
+        self.rooms.store(rooms as u64, Relaxed);
+        self.peers.store(peers as u64, Relaxed);
+        let st = hub.stats();
+        for (a, v) in self.messages.iter().zip(st.messages) {
+            a.store(v, Relaxed);
+        }
+        for (a, v) in self.errors.iter().zip(st.errors) {
+            a.store(v, Relaxed);
+        }
+        self.resumes.store(st.resumes, Relaxed);
+        self.expired.store(st.expired_sessions, Relaxed);
+        self.closed.store(st.closed_by_hub, Relaxed);
+    }
+
+    fn render(&self, s: &mut String) {
+        use turnpike_signal::protocol::{CLIENT_TYPES, ErrorCode};
+        for (name, help, v) in [
+            (
+                "turnpike_hub_connections",
+                "Open signaling WebSocket connections.",
+                &self.connections,
+            ),
+            ("turnpike_hub_rooms", "Signaling rooms.", &self.rooms),
+            (
+                "turnpike_hub_peers",
+                "Joined peers, connected or within their resume window.",
+                &self.peers,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP turnpike_hub_messages_total Signaling messages received, by type.\n# TYPE turnpike_hub_messages_total counter"
+        );
+        for (t, v) in CLIENT_TYPES.iter().zip(&self.messages) {
+            let _ = writeln!(
+                s,
+                "turnpike_hub_messages_total{{type=\"{t}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP turnpike_hub_errors_total Signaling errors sent, by code.\n# TYPE turnpike_hub_errors_total counter"
+        );
+        for (c, v) in ErrorCode::ALL.iter().zip(&self.errors) {
+            let _ = writeln!(
+                s,
+                "turnpike_hub_errors_total{{code=\"{}\"}} {}",
+                c.as_str(),
+                v.load(Relaxed)
+            );
+        }
+        for (name, help, v) in [
+            (
+                "turnpike_hub_resumes_total",
+                "Sessions resumed after a dropped socket.",
+                &self.resumes,
+            ),
+            (
+                "turnpike_hub_sessions_expired_total",
+                "Sessions whose resume window expired.",
+                &self.expired,
+            ),
+            (
+                "turnpike_hub_connections_closed_total",
+                "Connections the hub closed (idle or misbehaving).",
+                &self.closed,
+            ),
+            (
+                "turnpike_hub_slow_clients_closed_total",
+                "Connections closed because they did not read their messages.",
+                &self.slow_closed,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+    }
 }
 
 impl Metrics {
@@ -266,6 +385,7 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
+        self.hub.render(&mut s);
         s
     }
 }

@@ -82,7 +82,11 @@ pub struct SignalState {
 }
 
 /// Starts the hub task; it ends when `shutdown` fires.
-pub fn spawn(config: SignalConfig, mut shutdown: watch::Receiver<bool>) -> SignalState {
+pub fn spawn(
+    config: SignalConfig,
+    shared: Arc<crate::Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> SignalState {
     let (tx, mut rx) = mpsc::channel::<Event>(HUB_QUEUE);
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -134,6 +138,9 @@ pub fn spawn(config: SignalConfig, mut shutdown: watch::Receiver<bool>) -> Signa
                 },
                 () = timer => hub.handle_timeout(now()),
             }
+            // Published before the frames go out too, so anyone who saw a frame sees numbers
+            // at least as new as it.
+            shared.metrics.hub.publish(&hub);
             while let Some(o) = hub.poll_output() {
                 match o {
                     Output::Send { conn, text } => {
@@ -146,6 +153,11 @@ pub fn spawn(config: SignalConfig, mut shutdown: watch::Receiver<bool>) -> Signa
                             if let Some(q) = conns.remove(&conn) {
                                 let _ = q.try_send(Out::Close(1008, "not reading"));
                             }
+                            shared
+                                .metrics
+                                .hub
+                                .slow_closed
+                                .fetch_add(1, Ordering::Relaxed);
                             hub.handle_disconnect(now(), conn);
                         }
                     }
@@ -157,6 +169,7 @@ pub fn spawn(config: SignalConfig, mut shutdown: watch::Receiver<bool>) -> Signa
                     }
                 }
             }
+            shared.metrics.hub.publish(&hub);
         }
         // Shutdown: tell every client, so it can resume elsewhere.
         for (_, q) in conns.drain() {
