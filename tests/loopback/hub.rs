@@ -245,3 +245,30 @@ async fn ice_servers_endpoint_and_origin_policy() {
     );
     srv.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_limits_are_configurable() {
+    let p = free_port("127.0.0.1");
+    let srv = Server::start(&[
+        "--listen",
+        &format!("127.0.0.1:{p}"),
+        "--hub-max-peers-per-room",
+        "2",
+    ]);
+    let mut a = connect(&srv).await;
+    let mut b = connect(&srv).await;
+    let mut c = connect(&srv).await;
+    for (ws, id) in [(&mut a, "a"), (&mut b, "b")] {
+        send(ws, json!({"type": "join", "room": "small", "peer_id": id})).await;
+        assert_eq!(recv(ws).await["type"], "welcome");
+    }
+    send(
+        &mut c,
+        json!({"type": "join", "room": "small", "peer_id": "c"}),
+    )
+    .await;
+    let m = recv(&mut c).await;
+    assert_eq!(m["code"], "room-full", "{m}");
+    assert!(m["message"].as_str().unwrap().contains('2'));
+    srv.stop();
+}

@@ -96,6 +96,16 @@ pub struct FileConfig {
     hub_secret: Option<String>,
     allowed_origin: Option<Vec<String>>,
     ice_ttl: Option<u64>,
+    hub_max_message_bytes: Option<usize>,
+    hub_messages_per_second: Option<u32>,
+    hub_message_burst: Option<u32>,
+    hub_max_peers_per_room: Option<usize>,
+    hub_max_rooms: Option<usize>,
+    hub_max_connections: Option<usize>,
+    hub_max_connections_per_ip: Option<usize>,
+    hub_keepalive_timeout: Option<u64>,
+    hub_resume_window: Option<u64>,
+    hub_replay_cap: Option<usize>,
 }
 
 impl FileConfig {
@@ -180,6 +190,36 @@ pub struct ServeArgs {
     /// Lifetime in seconds of the ICE credentials the hub hands out [default: 300].
     #[arg(long, env = "TURNPIKE_ICE_TTL", value_name = "SECS")]
     pub ice_ttl: Option<u64>,
+    /// Largest signaling message in bytes [default: 65536].
+    #[arg(long, env = "TURNPIKE_HUB_MAX_MESSAGE_BYTES", value_name = "N")]
+    pub hub_max_message_bytes: Option<usize>,
+    /// Sustained signaling messages per second per connection [default: 50].
+    #[arg(long, env = "TURNPIKE_HUB_MESSAGES_PER_SECOND", value_name = "N")]
+    pub hub_messages_per_second: Option<u32>,
+    /// Signaling messages a connection may send in a burst [default: 100].
+    #[arg(long, env = "TURNPIKE_HUB_MESSAGE_BURST", value_name = "N")]
+    pub hub_message_burst: Option<u32>,
+    /// Peers per signaling room [default: 16].
+    #[arg(long, env = "TURNPIKE_HUB_MAX_PEERS_PER_ROOM", value_name = "N")]
+    pub hub_max_peers_per_room: Option<usize>,
+    /// Signaling rooms [default: 10000].
+    #[arg(long, env = "TURNPIKE_HUB_MAX_ROOMS", value_name = "N")]
+    pub hub_max_rooms: Option<usize>,
+    /// Signaling WebSocket connections in total [default: 10000].
+    #[arg(long, env = "TURNPIKE_HUB_MAX_CONNECTIONS", value_name = "N")]
+    pub hub_max_connections: Option<usize>,
+    /// Signaling WebSocket connections per client IP [default: 64].
+    #[arg(long, env = "TURNPIKE_HUB_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub hub_max_connections_per_ip: Option<usize>,
+    /// Seconds a signaling connection may send nothing before it is closed [default: 60].
+    #[arg(long, env = "TURNPIKE_HUB_KEEPALIVE_TIMEOUT", value_name = "N")]
+    pub hub_keepalive_timeout: Option<u64>,
+    /// Seconds a dropped signaling session is kept for resume [default: 30].
+    #[arg(long, env = "TURNPIKE_HUB_RESUME_WINDOW", value_name = "N")]
+    pub hub_resume_window: Option<u64>,
+    /// Messages kept per signaling session for replay on resume [default: 256].
+    #[arg(long, env = "TURNPIKE_HUB_REPLAY_CAP", value_name = "N")]
+    pub hub_replay_cap: Option<usize>,
     /// Print the merged configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -217,6 +257,26 @@ pub struct Settings {
     pub allowed_origin: Vec<String>,
     /// ICE credential lifetime, seconds.
     pub ice_ttl: u64,
+    /// Largest signaling message in bytes.
+    pub hub_max_message_bytes: usize,
+    /// Sustained signaling messages per second per connection.
+    pub hub_messages_per_second: u32,
+    /// Signaling messages a connection may send in a burst.
+    pub hub_message_burst: u32,
+    /// Peers per signaling room.
+    pub hub_max_peers_per_room: usize,
+    /// Signaling rooms.
+    pub hub_max_rooms: usize,
+    /// Signaling WebSocket connections in total.
+    pub hub_max_connections: usize,
+    /// Signaling WebSocket connections per client IP.
+    pub hub_max_connections_per_ip: usize,
+    /// Seconds a signaling connection may send nothing before it is closed.
+    pub hub_keepalive_timeout: u64,
+    /// Seconds a dropped signaling session is kept for resume.
+    pub hub_resume_window: u64,
+    /// Messages kept per signaling session for replay on resume.
+    pub hub_replay_cap: usize,
 }
 
 impl Default for Settings {
@@ -235,6 +295,16 @@ impl Default for Settings {
             hub_secret: None,
             allowed_origin: Vec::new(),
             ice_ttl: 300,
+            hub_max_message_bytes: 65536,
+            hub_messages_per_second: 50,
+            hub_message_burst: 100,
+            hub_max_peers_per_room: 16,
+            hub_max_rooms: 10000,
+            hub_max_connections: 10000,
+            hub_max_connections_per_ip: 64,
+            hub_keepalive_timeout: 60,
+            hub_resume_window: 30,
+            hub_replay_cap: 256,
         }
     }
 }
@@ -290,6 +360,46 @@ impl Settings {
                 .or(file.allowed_origin)
                 .unwrap_or(d.allowed_origin),
             ice_ttl: args.ice_ttl.or(file.ice_ttl).unwrap_or(d.ice_ttl),
+            hub_max_message_bytes: args
+                .hub_max_message_bytes
+                .or(file.hub_max_message_bytes)
+                .unwrap_or(d.hub_max_message_bytes),
+            hub_messages_per_second: args
+                .hub_messages_per_second
+                .or(file.hub_messages_per_second)
+                .unwrap_or(d.hub_messages_per_second),
+            hub_message_burst: args
+                .hub_message_burst
+                .or(file.hub_message_burst)
+                .unwrap_or(d.hub_message_burst),
+            hub_max_peers_per_room: args
+                .hub_max_peers_per_room
+                .or(file.hub_max_peers_per_room)
+                .unwrap_or(d.hub_max_peers_per_room),
+            hub_max_rooms: args
+                .hub_max_rooms
+                .or(file.hub_max_rooms)
+                .unwrap_or(d.hub_max_rooms),
+            hub_max_connections: args
+                .hub_max_connections
+                .or(file.hub_max_connections)
+                .unwrap_or(d.hub_max_connections),
+            hub_max_connections_per_ip: args
+                .hub_max_connections_per_ip
+                .or(file.hub_max_connections_per_ip)
+                .unwrap_or(d.hub_max_connections_per_ip),
+            hub_keepalive_timeout: args
+                .hub_keepalive_timeout
+                .or(file.hub_keepalive_timeout)
+                .unwrap_or(d.hub_keepalive_timeout),
+            hub_resume_window: args
+                .hub_resume_window
+                .or(file.hub_resume_window)
+                .unwrap_or(d.hub_resume_window),
+            hub_replay_cap: args
+                .hub_replay_cap
+                .or(file.hub_replay_cap)
+                .unwrap_or(d.hub_replay_cap),
         }
     }
 
@@ -382,6 +492,36 @@ impl Settings {
                 alternate_port,
             });
         }
+        if !(256..=1048576).contains(&self.hub_max_message_bytes) {
+            bail!("--hub-max-message-bytes must be between 256 and 1048576");
+        }
+        if !(1..=10000).contains(&self.hub_messages_per_second) {
+            bail!("--hub-messages-per-second must be between 1 and 10000");
+        }
+        if !(1..=100000).contains(&self.hub_message_burst) {
+            bail!("--hub-message-burst must be between 1 and 100000");
+        }
+        if !(2..=1000).contains(&self.hub_max_peers_per_room) {
+            bail!("--hub-max-peers-per-room must be between 2 and 1000");
+        }
+        if !(1..=10000000).contains(&self.hub_max_rooms) {
+            bail!("--hub-max-rooms must be between 1 and 10000000");
+        }
+        if !(1..=10000000).contains(&self.hub_max_connections) {
+            bail!("--hub-max-connections must be between 1 and 10000000");
+        }
+        if !(1..=1000000).contains(&self.hub_max_connections_per_ip) {
+            bail!("--hub-max-connections-per-ip must be between 1 and 1000000");
+        }
+        if !(5..=86400).contains(&self.hub_keepalive_timeout) {
+            bail!("--hub-keepalive-timeout must be between 5 and 86400");
+        }
+        if !(1..=3600).contains(&self.hub_resume_window) {
+            bail!("--hub-resume-window must be between 1 and 3600");
+        }
+        if !(1..=100000).contains(&self.hub_replay_cap) {
+            bail!("--hub-replay-cap must be between 1 and 100000");
+        }
         if !(60..=86_400).contains(&self.ice_ttl) {
             bail!("--ice-ttl must be between 60 and 86400 seconds");
         }
@@ -398,6 +538,16 @@ impl Settings {
         };
         let signal = turnpike_server::signal::SignalConfig {
             hub: turnpike_signal::HubConfig {
+                max_message_bytes: self.hub_max_message_bytes,
+                messages_per_second: self.hub_messages_per_second,
+                message_burst: self.hub_message_burst,
+                max_peers_per_room: self.hub_max_peers_per_room,
+                max_rooms: self.hub_max_rooms,
+                max_connections: self.hub_max_connections,
+                max_connections_per_ip: self.hub_max_connections_per_ip,
+                keepalive_timeout: Duration::from_secs(self.hub_keepalive_timeout),
+                resume_window: Duration::from_secs(self.hub_resume_window),
+                replay_cap: self.hub_replay_cap,
                 hub_secret: self.hub_secret.as_ref().map(|s| s.as_bytes().to_vec()),
                 ice: turnpike_signal::creds::IceConfig {
                     // The hub offers this server's STUN service; TURN URLs join when the
@@ -408,7 +558,7 @@ impl Settings {
                     ttl_secs: self.ice_ttl,
                     default_host,
                 },
-                ..turnpike_signal::HubConfig::default()
+                max_strikes: turnpike_signal::HubConfig::default().max_strikes,
             },
             allowed_origins: self.allowed_origin.clone(),
         };
