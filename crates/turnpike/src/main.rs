@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: STUN (RFC 8489, RFC 5780) on UDP and TCP, health and metrics endpoints.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Classify this host's NAT (mapping, filtering, classic type) against an RFC 5780 server.
     NatCheck(natcheck::NatCheckArgs),
 }
@@ -75,7 +75,7 @@ fn serve(args: ServeArgs) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => match serve(args) {
+        Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("turnpike: error: {e:#}");
