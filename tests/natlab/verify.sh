@@ -18,7 +18,7 @@ export NATLAB_PREFIX="${NATLAB_PREFIX:-nlv}"
 SERVER=198.51.100.1
 WAN_IP=198.51.100.254
 CLI_IP=192.168.77.2
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/natlab-verify.XXXXXX")"
+WORK="$(mktemp -d -p "${TMPDIR:-/tmp}")"
 
 passed=0
 failed=0

@@ -88,6 +88,18 @@ impl T {
     }
 }
 
+/// alice (connection 1) and bob (connection 2) in room `r`, outputs drained; returns alice's
+/// welcome.
+fn alice_and_bob(config: HubConfig) -> (T, ConnId, ConnId, Value) {
+    let mut t = T::new(config);
+    let a = t.connect(1);
+    let b = t.connect(2);
+    let wa = t.join(a, "r", "alice");
+    t.join(b, "r", "bob");
+    t.drain();
+    (t, a, b, wa)
+}
+
 fn cfg() -> HubConfig {
     HubConfig {
         ice: IceConfig {
@@ -136,12 +148,7 @@ fn join_presence_and_welcome() {
 
 #[test]
 fn relay_sets_from_and_seq() {
-    let mut t = T::new(cfg());
-    let a = t.connect(1);
-    let b = t.connect(2);
-    t.join(a, "r", "alice");
-    t.join(b, "r", "bob");
-    t.drain();
+    let (mut t, a, b, _) = alice_and_bob(cfg());
     t.send(
         a,
         json!({"type": "offer", "to": "bob", "sdp": "v=0", "from": "mallory"}),
@@ -229,12 +236,7 @@ fn errors_have_codes_and_seq_only_after_join() {
 
 #[test]
 fn resume_replays_everything_missed() {
-    let mut t = T::new(cfg());
-    let a = t.connect(1);
-    let b = t.connect(2);
-    let wa = t.join(a, "r", "alice");
-    t.join(b, "r", "bob");
-    t.drain();
+    let (mut t, a, b, wa) = alice_and_bob(cfg());
     let session = wa["session"].as_str().unwrap().to_owned();
     // alice has seen seq 1 (welcome) and 2 (peer-joined). Her socket drops.
     let n = t.now();
@@ -286,12 +288,7 @@ fn resume_replays_everything_missed() {
 
 #[test]
 fn resume_window_expiry_tells_the_others() {
-    let mut t = T::new(cfg());
-    let a = t.connect(1);
-    let b = t.connect(2);
-    let wa = t.join(a, "r", "alice");
-    t.join(b, "r", "bob");
-    t.drain();
+    let (mut t, a, b, wa) = alice_and_bob(cfg());
     let n = t.now();
     t.hub.handle_disconnect(n, a);
     assert_eq!(
@@ -316,15 +313,10 @@ fn resume_window_expiry_tells_the_others() {
 
 #[test]
 fn replay_cap_is_reported() {
-    let mut t = T::new(HubConfig {
+    let (mut t, a, b, wa) = alice_and_bob(HubConfig {
         replay_cap: 4,
         ..cfg()
     });
-    let a = t.connect(1);
-    let b = t.connect(2);
-    let wa = t.join(a, "r", "alice");
-    t.join(b, "r", "bob");
-    t.drain();
     let n = t.now();
     t.hub.handle_disconnect(n, a);
     for i in 0..6 {
@@ -348,12 +340,7 @@ fn replay_cap_is_reported() {
 
 #[test]
 fn leave_is_immediate_and_rooms_vanish() {
-    let mut t = T::new(cfg());
-    let a = t.connect(1);
-    let b = t.connect(2);
-    t.join(a, "r", "alice");
-    t.join(b, "r", "bob");
-    t.drain();
+    let (mut t, a, b, _) = alice_and_bob(cfg());
     t.send(a, json!({"type": "leave"}));
     assert_eq!(
         t.msgs(b),
