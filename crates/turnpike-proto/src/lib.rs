@@ -38,6 +38,18 @@ pub const FINGERPRINT_XOR: u32 = 0x5354_554E;
 pub mod method {
     /// Binding (RFC 8489).
     pub const BINDING: u16 = 0x001;
+    /// Allocate (RFC 8656): request only.
+    pub const ALLOCATE: u16 = 0x003;
+    /// Refresh (RFC 8656): request only.
+    pub const REFRESH: u16 = 0x004;
+    /// Send (RFC 8656): indication only, client to server.
+    pub const SEND: u16 = 0x006;
+    /// Data (RFC 8656): indication only, server to client.
+    pub const DATA: u16 = 0x007;
+    /// CreatePermission (RFC 8656): request only.
+    pub const CREATE_PERMISSION: u16 = 0x008;
+    /// ChannelBind (RFC 8656): request only.
+    pub const CHANNEL_BIND: u16 = 0x009;
 }
 
 /// Attribute type codepoints used by the server.
@@ -70,8 +82,34 @@ pub mod attr {
     pub const PASSWORD_ALGORITHM: u16 = 0x001D;
     /// USERHASH (RFC 8489).
     pub const USERHASH: u16 = 0x001E;
+    /// CHANNEL-NUMBER (RFC 8656).
+    pub const CHANNEL_NUMBER: u16 = 0x000C;
+    /// LIFETIME (RFC 8656).
+    pub const LIFETIME: u16 = 0x000D;
+    /// XOR-PEER-ADDRESS (RFC 8656).
+    pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+    /// DATA (RFC 8656).
+    pub const DATA: u16 = 0x0013;
+    /// XOR-RELAYED-ADDRESS (RFC 8656).
+    pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+    /// REQUESTED-ADDRESS-FAMILY (RFC 8656).
+    pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
+    /// EVEN-PORT (RFC 8656).
+    pub const EVEN_PORT: u16 = 0x0018;
+    /// REQUESTED-TRANSPORT (RFC 8656).
+    pub const REQUESTED_TRANSPORT: u16 = 0x0019;
+    /// DONT-FRAGMENT (RFC 8656).
+    pub const DONT_FRAGMENT: u16 = 0x001A;
+    /// RESERVATION-TOKEN (RFC 8656).
+    pub const RESERVATION_TOKEN: u16 = 0x0022;
     /// XOR-MAPPED-ADDRESS.
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    /// ADDITIONAL-ADDRESS-FAMILY (RFC 8656; comprehension-optional).
+    pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+    /// ADDRESS-ERROR-CODE (RFC 8656; comprehension-optional).
+    pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
+    /// ICMP (RFC 8656; comprehension-optional).
+    pub const ICMP: u16 = 0x8004;
     /// PADDING (RFC 5780).
     pub const PADDING: u16 = 0x0026;
     /// RESPONSE-PORT (RFC 5780).
@@ -94,6 +132,26 @@ pub mod attr {
     /// Whether an attribute type is comprehension-required (RFC 8489 §14: 0x0000–0x7FFF).
     pub const fn is_comprehension_required(t: u16) -> bool {
         t < 0x8000
+    }
+
+    /// Whether a comprehension-required attribute is one RFC 8656 defines for TURN.
+    ///
+    /// Binding requests do not understand these (a Binding request carrying one earns a 420);
+    /// the TURN methods do.
+    pub const fn is_turn(t: u16) -> bool {
+        matches!(
+            t,
+            CHANNEL_NUMBER
+                | LIFETIME
+                | XOR_PEER_ADDRESS
+                | DATA
+                | XOR_RELAYED_ADDRESS
+                | REQUESTED_ADDRESS_FAMILY
+                | EVEN_PORT
+                | REQUESTED_TRANSPORT
+                | DONT_FRAGMENT
+                | RESERVATION_TOKEN
+        )
     }
 
     /// Whether this server understands a comprehension-required attribute.
