@@ -20,9 +20,11 @@
 
 pub mod classic;
 pub mod client;
+pub mod credential;
 pub mod fast;
 pub mod general;
 pub mod integrity;
+pub mod turn_client;
 pub mod view;
 
 pub use view::{Class, MessageView, ParseError, TransactionId};

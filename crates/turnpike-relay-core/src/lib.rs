@@ -35,10 +35,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+pub mod turn;
+mod turn_attrs;
+
 use turnpike_proto::fast::{BindingSuccess, ErrorResponse};
 use turnpike_proto::{
     Class, MessageView, ParseError, TransactionId, attr, classic, general, method,
 };
+pub mod auth;
+pub mod policy;
 
 /// The transport a message arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -266,21 +271,29 @@ impl StunServer {
     /// Handles one message; on [`Action::Reply`] the reply has been appended to `out`.
     #[must_use]
     pub fn handle(&mut self, msg: Incoming<'_>, out: &mut Vec<u8>) -> Outcome {
-        let view = match MessageView::parse(msg.data) {
-            Ok(v) => v,
-            Err(e) => {
-                return Outcome {
-                    message: None,
-                    action: Action::Drop(DropReason::Parse(e)),
-                };
-            }
-        };
+        match MessageView::parse(msg.data) {
+            Ok(view) => self.handle_parsed(msg, &view, out),
+            Err(e) => Outcome {
+                message: None,
+                action: Action::Drop(DropReason::Parse(e)),
+            },
+        }
+    }
+
+    /// [`StunServer::handle`] for a message already parsed into `view` (from `msg.data`).
+    #[must_use]
+    pub fn handle_parsed(
+        &mut self,
+        msg: Incoming<'_>,
+        view: &MessageView<'_>,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         let message = Some((view.method, view.class));
         let action = match (view.class, view.method) {
-            (Class::Request, method::BINDING) => self.binding(&msg, &view, out),
+            (Class::Request, method::BINDING) => self.binding(&msg, view, out),
             (Class::Request, _) => match view.transaction_id {
                 TransactionId::Modern(tid) => {
-                    self.error(&msg, &view, &tid, 400, Some("Unsupported method"), &[], out)
+                    self.error(&msg, view, &tid, 400, Some("Unsupported method"), &[], out)
                 }
                 // parse() accepts classic messages only for Binding.
                 TransactionId::Classic(_) => Action::Drop(DropReason::Malformed),

@@ -18,6 +18,7 @@
 //! stop, workers finish their current batch.
 
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod signal;
 pub mod tcp;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 use turnpike_relay_core::StunConfig;
+use turnpike_relay_core::turn::{LocalLedger, Quotas, TurnConfig, TurnServer};
 
 pub use metrics::Metrics;
 
@@ -56,6 +58,34 @@ pub struct ServerConfig {
     pub tcp_idle_timeout: Duration,
     /// The signaling hub, served on the HTTP address.
     pub signal: signal::SignalConfig,
+    /// TURN; `None` serves STUN only.
+    pub turn: Option<TurnSettings>,
+    /// TLS listeners (STUN and TURN over TLS); `None` for none.
+    pub tls: Option<TlsSettings>,
+}
+
+/// TURN relay settings.
+#[derive(Debug, Clone)]
+pub struct TurnSettings {
+    /// The core's configuration (credentials, relay addresses, policy, lifetimes, caps).
+    pub config: TurnConfig,
+    /// Relay port range, inclusive.
+    pub ports: (u16, u16),
+    /// Allocation quotas (server-wide, per user, per client IP).
+    pub quotas: Quotas,
+    /// Key that signs nonces (nodes that share it accept each other's nonces).
+    pub nonce_secret: [u8; 32],
+}
+
+/// TLS listener settings.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Addresses to accept TLS on.
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
 }
 
 impl ServerConfig {
@@ -115,6 +145,7 @@ pub struct RunningServer {
     udp: Vec<std::thread::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     addresses: Vec<SocketAddr>,
+    tls_addresses: Vec<SocketAddr>,
     http: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
 }
@@ -138,6 +169,17 @@ impl Server {
         // TCP first: its bind has no SO_REUSEPORT, so another server on the same port is
         // caught before any UDP socket (which several workers share via SO_REUSEPORT) binds.
         let tcp_listeners = tcp::bind_all(&addresses)?;
+        let (tls_listeners, acceptor) = match &config.tls {
+            Some(t) => (
+                tcp::bind_all(&t.listen)?,
+                Some(tcp::tls_acceptor(&t.cert, &t.key)?),
+            ),
+            None => (Vec::new(), None),
+        };
+        let tls_addresses = tls_listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<std::io::Result<Vec<SocketAddr>>>()?;
         // Port 0 was resolved by the TCP listener; UDP takes the same port.
         let addresses = tcp_listeners
             .iter()
@@ -159,8 +201,22 @@ impl Server {
             .transpose()?;
 
         let udp_stop = Arc::new(AtomicBool::new(false));
-        let udp = udp::spawn_workers(udp_sockets, &config.stun, shared.clone(), udp_stop.clone())?;
-        let mut tasks = tcp::spawn(tcp_listeners, &config, shared.clone(), rx.clone());
+        let ledger =
+            ledger::SharedLedger::new(config.turn.as_ref().map(|t| t.quotas).unwrap_or_default());
+        let cores = (0..udp_sockets.len())
+            .map(|i| make_core(&config, i, &ledger))
+            .collect::<Vec<_>>();
+        let (udp, shard_handles) =
+            udp::spawn_shards(udp_sockets, cores, shared.clone(), udp_stop.clone())?;
+        let mut tasks = tcp::spawn(
+            tcp_listeners,
+            tls_listeners,
+            acceptor,
+            &config,
+            Arc::new(shard_handles),
+            shared.clone(),
+            rx.clone(),
+        );
         if let Some(l) = http_listener {
             let hub = signal::spawn(config.signal.clone(), shared.clone(), rx.clone());
             tasks.push(tokio::spawn(http::serve_health(
@@ -180,6 +236,8 @@ impl Server {
         shared.ready.store(true, Ordering::SeqCst);
         tracing::info!(
             stun = ?addresses,
+            tls = ?tls_addresses,
+            turn = config.turn.is_some(),
             http = ?http,
             metrics = ?metrics,
             udp_workers = config.udp_workers,
@@ -192,9 +250,47 @@ impl Server {
             udp,
             tasks,
             addresses,
+            tls_addresses,
             http,
             metrics,
         })
+    }
+}
+
+/// The core of shard `index`. Every shard holds a handle on the same `ledger`.
+fn make_core(
+    config: &ServerConfig,
+    index: usize,
+    ledger: &Arc<ledger::SharedLedger>,
+) -> udp::ShardTurn {
+    match &config.turn {
+        Some(t) => {
+            let mut core = t.config.clone();
+            // Distinct transaction-id streams per shard.
+            core.seed = core
+                .seed
+                .wrapping_add(index as u64)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            udp::ShardTurn {
+                core: TurnServer::new(
+                    config.stun.clone(),
+                    core,
+                    t.nonce_secret,
+                    Box::new(ledger::LedgerHandle(ledger.clone())),
+                ),
+                ports: t.ports,
+            }
+        }
+        None => udp::ShardTurn {
+            // No relay address: the core answers STUN only.
+            core: TurnServer::new(
+                config.stun.clone(),
+                TurnConfig::default(),
+                [0; 32],
+                Box::new(LocalLedger::new(Quotas::default())),
+            ),
+            ports: (49152, 65535),
+        },
     }
 }
 
@@ -231,6 +327,11 @@ impl RunningServer {
     /// The STUN addresses served (UDP and TCP).
     pub fn addresses(&self) -> &[SocketAddr] {
         &self.addresses
+    }
+
+    /// The TLS addresses served.
+    pub fn tls_addresses(&self) -> &[SocketAddr] {
+        &self.tls_addresses
     }
 
     /// The bound HTTP address.

@@ -130,12 +130,18 @@ pub struct Metrics {
     pub tcp_rejected: AtomicU64,
     /// TCP connections closed for idleness.
     pub tcp_idle_closed: AtomicU64,
-    /// TCP connections open now.
+    /// TCP connections open now (TLS included).
     pub tcp_active: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
     /// UDP datagrams the kernel refused to send.
     pub udp_send_errors: AtomicU64,
     /// The signaling hub's numbers, published by the hub task.
     pub hub: HubMetrics,
+    /// TURN numbers of each UDP shard, published by the shard.
+    pub shards: std::sync::Mutex<Vec<crate::udp::ShardSnapshot>>,
+    /// Stream messages that could not be queued to a shard (queue full).
+    pub stream_command_drops: AtomicU64,
 }
 
 /// The signaling hub's numbers: gauges and cumulative counters copied from the hub core.
@@ -253,6 +259,166 @@ impl HubMetrics {
             );
         }
     }
+}
+
+fn render_turn(s: &mut String, shards: &[crate::udp::ShardSnapshot], command_drops: u64) {
+    use turnpike_relay_core::policy::DenyReason;
+    use turnpike_relay_core::turn::{AllocFailure, AuthFailure, PeerDrop, TurnDrop, TurnStats};
+    let mut t = TurnStats::default();
+    let (mut allocations, mut send_errors, mut queue_drops, mut oversize) =
+        (0usize, 0u64, 0u64, 0u64);
+    for sh in shards {
+        let st = &sh.stats;
+        allocations += sh.allocations;
+        send_errors += sh.peer_send_errors;
+        queue_drops += sh.stream_queue_drops;
+        oversize += sh.peer_oversize;
+        t.allocations_created += st.allocations_created;
+        t.allocations_expired += st.allocations_expired;
+        t.allocations_deleted += st.allocations_deleted;
+        t.to_peer_packets += st.to_peer_packets;
+        t.to_peer_bytes += st.to_peer_bytes;
+        t.to_client_packets += st.to_client_packets;
+        t.to_client_bytes += st.to_client_bytes;
+        fn add<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        add(&mut t.allocation_failures, &st.allocation_failures);
+        add(&mut t.auth_failures, &st.auth_failures);
+        add(&mut t.permission_denials, &st.permission_denials);
+        add(&mut t.client_drops, &st.client_drops);
+        add(&mut t.peer_drops, &st.peer_drops);
+    }
+    let gauge = |s: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    let counter = |s: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    };
+    gauge(
+        s,
+        "turnpike_turn_allocations",
+        "Live TURN allocations.",
+        allocations as u64,
+    );
+    counter(
+        s,
+        "turnpike_turn_allocations_created_total",
+        "TURN allocations created.",
+        t.allocations_created,
+    );
+    counter(
+        s,
+        "turnpike_turn_allocations_expired_total",
+        "TURN allocations that reached their lifetime.",
+        t.allocations_expired,
+    );
+    counter(
+        s,
+        "turnpike_turn_allocations_deleted_total",
+        "TURN allocations deleted by the client (Refresh 0) or a closed connection.",
+        t.allocations_deleted,
+    );
+    let labelled = |s: &mut String,
+                    name: &str,
+                    help: &str,
+                    label: &str,
+                    rows: &mut dyn Iterator<Item = (&'static str, u64)>| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (l, v) in rows {
+            let _ = writeln!(s, "{name}{{{label}=\"{l}\"}} {v}");
+        }
+    };
+    labelled(
+        s,
+        "turnpike_turn_allocation_failures_total",
+        "Failed TURN Allocate requests after authentication, by reason.",
+        "reason",
+        &mut AllocFailure::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .zip(t.allocation_failures),
+    );
+    labelled(
+        s,
+        "turnpike_turn_auth_failures_total",
+        "TURN requests that failed authentication, by reason (challenge = the normal first 401).",
+        "reason",
+        &mut AuthFailure::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .zip(t.auth_failures),
+    );
+    labelled(
+        s,
+        "turnpike_turn_permission_denials_total",
+        "Peers refused by the peer policy, by range.",
+        "reason",
+        &mut DenyReason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .zip(t.permission_denials),
+    );
+    labelled(
+        s,
+        "turnpike_turn_client_drops_total",
+        "Client Send indications and ChannelData dropped, by reason.",
+        "reason",
+        &mut TurnDrop::ALL.iter().map(|r| r.as_str()).zip(t.client_drops),
+    );
+    labelled(
+        s,
+        "turnpike_turn_peer_drops_total",
+        "Peer datagrams dropped, by reason.",
+        "reason",
+        &mut PeerDrop::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain(["oversize"])
+            .zip(t.peer_drops.into_iter().chain([oversize])),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP turnpike_turn_relayed_packets_total Datagrams relayed, by direction.\n# TYPE turnpike_turn_relayed_packets_total counter"
+    );
+    let _ = writeln!(
+        s,
+        "turnpike_turn_relayed_packets_total{{direction=\"to-peer\"}} {}",
+        t.to_peer_packets
+    );
+    let _ = writeln!(
+        s,
+        "turnpike_turn_relayed_packets_total{{direction=\"to-client\"}} {}",
+        t.to_client_packets
+    );
+    let _ = writeln!(
+        s,
+        "# HELP turnpike_turn_relayed_bytes_total Payload bytes relayed, by direction.\n# TYPE turnpike_turn_relayed_bytes_total counter"
+    );
+    let _ = writeln!(
+        s,
+        "turnpike_turn_relayed_bytes_total{{direction=\"to-peer\"}} {}",
+        t.to_peer_bytes
+    );
+    let _ = writeln!(
+        s,
+        "turnpike_turn_relayed_bytes_total{{direction=\"to-client\"}} {}",
+        t.to_client_bytes
+    );
+    counter(
+        s,
+        "turnpike_turn_peer_send_errors_total",
+        "Datagrams a relay socket could not send to a peer.",
+        send_errors,
+    );
+    counter(
+        s,
+        "turnpike_turn_stream_queue_drops_total",
+        "Messages for TCP/TLS clients dropped because the client did not keep up.",
+        queue_drops + command_drops,
+    );
 }
 
 impl Metrics {
@@ -373,6 +539,12 @@ impl Metrics {
                 &self.tcp_active,
             ),
             (
+                "turnpike_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+                "counter",
+                &self.tls_handshake_failures,
+            ),
+            (
                 "turnpike_udp_send_errors_total",
                 "UDP datagrams the kernel refused to send.",
                 "counter",
@@ -384,6 +556,10 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 v.load(Relaxed)
             );
+        }
+        {
+            let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+            render_turn(&mut s, &shards, self.stream_command_drops.load(Relaxed));
         }
         self.hub.render(&mut s);
         s

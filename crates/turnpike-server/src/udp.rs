@@ -1,41 +1,61 @@
-//! UDP workers: one OS thread per (worker, address), each owning a blocking `SO_REUSEPORT`
-//! socket and its own copy of the STUN core.
+//! UDP shards: each worker thread owns an event loop, its `SO_REUSEPORT` listening sockets,
+//! its copy of the STUN/TURN core and the relay sockets of the allocations it holds.
 //!
-//! A thread blocks in `recvmmsg(MSG_WAITFORONE)`, answers the whole batch, and sends the replies
-//! with one `sendmmsg`. No async runtime sits on this path: measured against the same loop
-//! driven by tokio readiness, the blocking loop saves one `epoll_wait` and one empty
-//! `recvmmsg` per wake-up; CPU per request went from 15 % to 3 % above the minimal reference
-//! responder (see docs/performance.md). A receive timeout lets each thread notice shutdown within
-//! [`POLL_INTERVAL`].
+//! The kernel spreads clients across shards by 4-tuple hash, so every datagram of a client
+//! reaches the shard that holds its allocation; peer datagrams arrive on the relay socket,
+//! which belongs to the same shard. Nothing is locked on the data path: a shard receives a
+//! batch with `recvmmsg`, runs it through its core, sends payloads to peers straight from the
+//! receive buffer, and sends replies and relayed data to clients with one `sendmmsg` per
+//! listening socket. TCP and TLS clients reach a shard through a bounded command queue (their
+//! connection tasks run on tokio), and get their replies through a bounded queue back.
+//!
+//! One loop per shard, no task per allocation: relay sockets are registered with the shard's
+//! `epoll` (via `mio`) and drained in batches when readable.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use turnpike_relay_core::{Action, DropReason, Incoming, StunConfig, StunServer, Transport};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use turnpike_relay_core::turn::{
+    ClientAction, ClientKey, Now, OpenError, Opened, PeerAction, PortRequest, RelayId,
+    RelaySockets, TurnServer, TurnStats,
+};
+use turnpike_relay_core::{Action, DropReason, Incoming, Outcome, Transport};
 
 use crate::Shared;
 use crate::metrics::LocalCounters;
-use crate::udp_batch::{RecvBatch, SendBatch, bind_udp, recv_batch_wait, send_batch_wait};
+use crate::udp_batch::{RecvBatch, SendBatch, bind_udp, recv_batch, send_batch};
 
 /// Datagrams received (and replies sent) per system call.
 pub const BATCH: usize = 32;
-/// Largest datagram accepted; larger ones are dropped as `oversize`.
+/// Largest datagram accepted from a client; larger ones are dropped as `oversize`.
 pub const MAX_DATAGRAM: usize = 4096;
+/// Largest datagram accepted from a peer (ChannelData adds 4 bytes, a Data indication 36).
+const MAX_PEER_DATAGRAM: usize = MAX_DATAGRAM - 64;
 /// Largest reply: the amplification bound allows up to twice the request.
 const MAX_REPLY: usize = 2 * MAX_DATAGRAM;
-/// How often an idle worker looks at the shutdown flag.
+/// How often an idle shard looks at the shutdown flag and publishes its counters.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How long a send may wait for room in the socket buffer before the batch is dropped.
-const SEND_TIMEOUT: Duration = Duration::from_millis(200);
+/// Batches taken from one socket before the loop serves the others.
+const FAIR_BATCHES: usize = 8;
+/// Commands a shard queues from TCP/TLS connections before refusing more.
+pub const COMMAND_QUEUE: usize = 4096;
 
-/// Sockets for all workers: `result[worker]` holds one socket per address, in address order.
-pub type WorkerSockets = Vec<Vec<(SocketAddr, UdpSocket)>>;
+const WAKER: Token = Token(usize::MAX - 1);
+/// Tokens below this are listening sockets; relay sockets are `RELAY_BASE + RelayId::index`.
+const RELAY_BASE: usize = 1 << 20;
 
-/// Binds one socket per address for each of `workers` workers.
+/// Sockets for all shards: `result[shard]` holds one socket per address, in address order.
+pub type WorkerSockets = Vec<Vec<(SocketAddr, std::net::UdpSocket)>>;
+
+/// Binds one socket per address for each of `workers` shards.
 pub fn bind_all(addresses: &[SocketAddr], workers: usize) -> Result<WorkerSockets> {
     let workers = workers.max(1);
     let reuse_port = workers > 1;
@@ -43,164 +63,332 @@ pub fn bind_all(addresses: &[SocketAddr], workers: usize) -> Result<WorkerSocket
     for &addr in addresses {
         for (w, sockets) in all.iter_mut().enumerate() {
             let sock = bind_udp(addr, reuse_port)
-                .map_err(|e| crate::bind_error(e, addr, "STUN over UDP"))
+                .map_err(|e| crate::bind_error(e, addr, "STUN/TURN over UDP"))
                 .with_context(|| format!("UDP worker {w}"))?;
-            sock.set_nonblocking(false)?;
-            sock.set_read_timeout(Some(POLL_INTERVAL))?;
-            sock.set_write_timeout(Some(SEND_TIMEOUT))?;
             sockets.push((addr, sock));
         }
     }
     Ok(all)
 }
 
-/// Starts one thread per socket. Threads stop within [`POLL_INTERVAL`] of `stop` being set.
-pub fn spawn_workers(
+/// A message from a TCP/TLS connection task to a shard.
+#[derive(Debug)]
+pub enum Command {
+    /// A STUN or ChannelData message from a stream client. `reply` receives what the shard
+    /// sends back to the client (replies, ChannelData, Data indications).
+    Message {
+        /// The connection's 5-tuple.
+        client: ClientKey,
+        /// One framed message.
+        data: Vec<u8>,
+        /// Where to send the answers.
+        reply: tokio::sync::mpsc::Sender<Vec<u8>>,
+    },
+    /// The connection closed: delete its allocation.
+    Closed {
+        /// The connection's 5-tuple.
+        client: ClientKey,
+    },
+}
+
+/// A handle to send commands to a shard.
+#[derive(Debug, Clone)]
+pub struct ShardHandle {
+    tx: SyncSender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl ShardHandle {
+    /// Queues a command and wakes the shard. Returns false when the queue is full or the
+    /// shard has stopped (the command is dropped).
+    pub fn send(&self, cmd: Command) -> bool {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                let _ = self.waker.wake();
+                true
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// Picks the shard for a stream client (stable for the connection's lifetime).
+pub fn shard_for<'a>(handles: &'a [ShardHandle], client: &ClientKey) -> Option<&'a ShardHandle> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    client.remote.hash(&mut h);
+    client.local.hash(&mut h);
+    let n = handles.len();
+    if n == 0 {
+        return None;
+    }
+    handles.get((h.finish() as usize) % n)
+}
+
+/// The TURN part of a shard's set-up.
+pub struct ShardTurn {
+    /// The core, already configured (relay addresses, credentials, policy).
+    pub core: TurnServer,
+    /// Relay port range (inclusive).
+    pub ports: (u16, u16),
+}
+
+/// Per-shard counters published for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct ShardSnapshot {
+    /// The core's cumulative TURN counters.
+    pub stats: TurnStats,
+    /// Live allocations.
+    pub allocations: usize,
+    /// Datagrams that could not be sent to a peer.
+    pub peer_send_errors: u64,
+    /// Messages for stream clients dropped because their queue was full.
+    pub stream_queue_drops: u64,
+    /// Peer datagrams too large to relay.
+    pub peer_oversize: u64,
+}
+
+/// Starts one thread per shard. Threads stop within [`POLL_INTERVAL`] of `stop` being set.
+pub fn spawn_shards(
     sockets: WorkerSockets,
-    stun: &StunConfig,
+    mut cores: Vec<ShardTurn>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
-) -> Result<Vec<std::thread::JoinHandle<()>>> {
+) -> Result<(Vec<std::thread::JoinHandle<()>>, Vec<ShardHandle>)> {
+    let mut threads = Vec::new();
     let mut handles = Vec::new();
+    {
+        let mut snaps = shared
+            .metrics
+            .shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *snaps = vec![ShardSnapshot::default(); sockets.len()];
+    }
     for (w, socks) in sockets.into_iter().enumerate() {
-        // The sockets of one worker are shared by its threads: an RFC 5780 CHANGE-REQUEST is
-        // answered from a sibling socket.
-        let socks = Arc::new(socks);
-        for i in 0..socks.len() {
-            let core = StunServer::new(stun.clone());
-            let (shared, stop, socks) = (shared.clone(), stop.clone(), socks.clone());
-            let handle = std::thread::Builder::new()
-                .name(format!("turnpike-udp-{w}.{i}"))
-                .spawn(move || serve_socket(i, &socks, core, &shared, &stop))
-                .context("cannot start a UDP worker thread")?;
-            handles.push(handle);
+        let turn = cores.remove(0);
+        let poll = Poll::new().context("cannot create an event loop")?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
+        handles.push(ShardHandle {
+            tx,
+            waker: waker.clone(),
+        });
+        let mut listeners = Vec::new();
+        for (i, (addr, sock)) in socks.into_iter().enumerate() {
+            sock.set_nonblocking(true)?;
+            let mut sock = UdpSocket::from_std(sock);
+            poll.registry()
+                .register(&mut sock, Token(i), Interest::READABLE)?;
+            listeners.push(Listener {
+                addr,
+                wildcard: addr.ip().is_unspecified(),
+                sock,
+                send: SendBatch::new(BATCH, MAX_REPLY),
+            });
         }
+        let registry = poll.registry().try_clone()?;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).context("no OS randomness")?;
+        let shard = Shard {
+            index: w,
+            core: turn.core,
+            listeners,
+            relays: RelayTable {
+                registry,
+                sockets: Vec::new(),
+                reservations: HashMap::new(),
+                ports: turn.ports,
+                rng: u64::from_le_bytes(seed) | 1,
+            },
+            rx,
+            poll,
+            start: Instant::now(),
+            counters: LocalCounters::default(),
+            shared: shared.clone(),
+            stop: stop.clone(),
+            snapshot: ShardSnapshot::default(),
+            streams: HashMap::new(),
+            waker,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("turnpike-udp-{w}"))
+            .spawn(move || shard.run())
+            .context("cannot start a UDP worker thread")?;
+        threads.push(handle);
     }
-    Ok(handles)
+    Ok((threads, handles))
 }
 
-fn serve_socket(
+struct Listener {
+    addr: SocketAddr,
+    wildcard: bool,
+    sock: UdpSocket,
+    send: SendBatch,
+}
+
+struct Shard {
     index: usize,
-    socks: &[(SocketAddr, UdpSocket)],
-    mut core: StunServer,
-    shared: &Shared,
-    stop: &AtomicBool,
-) {
-    let Some((bound, sock)) = socks.get(index) else {
-        return;
-    };
-    let bound = *bound;
-    // If this thread ends for any reason other than shutdown (a panic included), its socket
-    // stays in the SO_REUSEPORT group and its share of clients would go unanswered: say so
-    // on /readyz.
-    let _guard = ExitGuard {
-        bound,
-        shared,
-        stop,
-    };
-    let wildcard = bound.ip().is_unspecified();
-    let mut recv = RecvBatch::new(BATCH, MAX_DATAGRAM);
-    let mut send = SendBatch::new(BATCH, MAX_REPLY);
-    let mut out = Vec::with_capacity(MAX_REPLY);
-    let mut counters = LocalCounters::default();
-    while !stop.load(Ordering::Relaxed) {
-        match recv_batch_wait(sock, &mut recv) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => {
-                // ICMP errors surface here on some kernels; they concern one peer, not us.
-                // Back off briefly so a persistent error cannot spin the thread.
-                tracing::debug!(error = %e, "UDP receive error");
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-        }
-        for (meta, data) in recv.iter() {
-            if meta.truncated {
-                counters.drop(Transport::Udp, DropReason::Oversize);
-                continue;
-            }
-            let local = match (wildcard, meta.dst_ip) {
-                (true, Some(ip)) => SocketAddr::new(ip, bound.port()),
-                _ => bound,
-            };
-            out.clear();
-            let outcome = core.handle(
-                Incoming {
-                    transport: Transport::Udp,
-                    local,
-                    remote: meta.src,
-                    data,
-                },
-                &mut out,
-            );
-            counters.count(Transport::Udp, &outcome);
-            let Action::Reply { from, to, .. } = outcome.action else {
-                continue;
-            };
-            if from == local {
-                // `send` has room for a whole receive batch, so this push cannot fail for lack
-                // of space; it fails only for a reply larger than MAX_REPLY.
-                if !send.push(to, wildcard.then(|| local.ip()), &out) {
-                    shared
-                        .metrics
-                        .udp_send_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            } else if let Some((_, other)) = socks.iter().find(|(a, _)| *a == from) {
-                // RFC 5780 CHANGE-REQUEST: answer from a sibling socket (rare path).
-                if other.send_to(&out, to).is_err() {
-                    shared
-                        .metrics
-                        .udp_send_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            } else {
-                // Unreachable by construction: the core only picks addresses of the AddressSet,
-                // and every one of them is bound. Count it rather than log per packet.
-                shared
-                    .metrics
-                    .udp_send_errors
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        flush(sock, &mut send, shared);
-        counters.flush(&shared.metrics);
+    core: TurnServer,
+    listeners: Vec<Listener>,
+    relays: RelayTable,
+    rx: Receiver<Command>,
+    poll: Poll,
+    start: Instant,
+    counters: LocalCounters,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    snapshot: ShardSnapshot,
+    streams: HashMap<ClientKey, tokio::sync::mpsc::Sender<Vec<u8>>>,
+    waker: Arc<Waker>,
+}
+
+struct RelayTable {
+    registry: mio::Registry,
+    sockets: Vec<Option<UdpSocket>>,
+    reservations: HashMap<u64, std::net::UdpSocket>,
+    ports: (u16, u16),
+    rng: u64,
+}
+
+impl RelayTable {
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
     }
-    counters.flush(&shared.metrics);
-}
 
-struct ExitGuard<'a> {
-    bound: SocketAddr,
-    shared: &'a Shared,
-    stop: &'a AtomicBool,
-}
+    fn bind(ip: IpAddr, port: u16) -> io::Result<std::net::UdpSocket> {
+        let sock = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+        sock.set_nonblocking(true)?;
+        Ok(sock)
+    }
 
-impl Drop for ExitGuard<'_> {
-    fn drop(&mut self) {
-        if !self.stop.load(Ordering::Relaxed) {
-            let why = if std::thread::panicking() {
-                "panicked"
+    /// A port of the range, starting at a random point; `step` 2 keeps even ports even.
+    fn pick(&mut self, ip: IpAddr, even: bool) -> Option<(std::net::UdpSocket, u16)> {
+        let (lo, hi) = self.ports;
+        let span = u32::from(hi - lo) + 1;
+        // A few random tries spread allocations over the range (ports are not predictable);
+        // then a bounded linear scan finds the last free ones.
+        let start = (self.random() % u64::from(span)) as u32;
+        let tries = span.min(64);
+        for k in 0..span {
+            let offset = if k < tries {
+                (self.random() % u64::from(span)) as u32
             } else {
-                "stopped"
+                (start + k) % span
             };
-            self.shared
-                .fail(format!("the UDP worker for {} {why}", self.bound));
+            let mut port = lo as u32 + offset;
+            if even && port % 2 == 1 {
+                port -= 1;
+                if port < lo as u32 {
+                    continue;
+                }
+            }
+            let port = port as u16;
+            if let Ok(s) = Self::bind(ip, port) {
+                return Some((s, port));
+            }
         }
+        None
+    }
+
+    fn register(&mut self, id: RelayId, sock: std::net::UdpSocket) -> Result<(), OpenError> {
+        let mut sock = UdpSocket::from_std(sock);
+        self.registry
+            .register(
+                &mut sock,
+                Token(RELAY_BASE + id.index()),
+                Interest::READABLE,
+            )
+            .map_err(|_| OpenError::Failed)?;
+        let i = id.index();
+        if self.sockets.len() <= i {
+            self.sockets.resize_with(i + 1, || None);
+        }
+        self.sockets[i] = Some(sock);
+        Ok(())
     }
 }
 
-fn flush(sock: &UdpSocket, batch: &mut SendBatch, shared: &Shared) {
+impl RelaySockets for RelayTable {
+    fn open(
+        &mut self,
+        id: RelayId,
+        ip: IpAddr,
+        request: PortRequest,
+        dont_fragment: bool,
+    ) -> Result<Opened, OpenError> {
+        let (sock, port, reservation) = match request {
+            PortRequest::Any => {
+                let (s, p) = self.pick(ip, false).ok_or(OpenError::Exhausted)?;
+                (s, p, None)
+            }
+            PortRequest::Even { reserve_next } => {
+                let mut found = None;
+                for _ in 0..32 {
+                    let (s, p) = self.pick(ip, true).ok_or(OpenError::Exhausted)?;
+                    if !reserve_next {
+                        found = Some((s, p, None));
+                        break;
+                    }
+                    if p < self.ports.1
+                        && let Ok(next) = Self::bind(ip, p + 1)
+                    {
+                        let token = self.random();
+                        self.reservations.insert(token, next);
+                        found = Some((s, p, Some(token)));
+                        break;
+                    }
+                }
+                found.ok_or(OpenError::Exhausted)?
+            }
+            PortRequest::Reserved(token) => {
+                let s = self
+                    .reservations
+                    .remove(&token)
+                    .ok_or(OpenError::NoReservation)?;
+                let p = s.local_addr().map_err(|_| OpenError::Failed)?.port();
+                (s, p, None)
+            }
+        };
+        if dont_fragment {
+            // Best effort: DONT-FRAGMENT asks for DF on relayed packets.
+            let _ = crate::udp_batch::set_dont_fragment(&sock, ip.is_ipv6());
+        }
+        self.register(id, sock)?;
+        Ok(Opened { port, reservation })
+    }
+
+    fn close(&mut self, id: RelayId) {
+        if let Some(slot) = self.sockets.get_mut(id.index())
+            && let Some(mut sock) = slot.take()
+        {
+            let _ = self.registry.deregister(&mut sock);
+        }
+    }
+
+    fn release_reservation(&mut self, token: u64) {
+        self.reservations.remove(&token);
+    }
+}
+
+fn now(start: Instant) -> Now {
+    Now {
+        millis: start.elapsed().as_millis() as u64,
+        unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }
+}
+
+/// Flushes one listener's send batch; a full socket buffer drops the rest (counted).
+fn flush(listener: &mut Listener, shared: &Shared) {
     let mut start = 0;
-    while start < batch.len() {
-        match send_batch_wait(sock, batch, start) {
+    while start < listener.send.len() {
+        match send_batch(&listener.sock, &listener.send, start) {
             Ok(p) => {
                 if p.failed > 0 {
                     shared
@@ -211,16 +399,421 @@ fn flush(sock: &UdpSocket, batch: &mut SendBatch, shared: &Shared) {
                 start = p.next;
             }
             Err(e) => {
-                // Timed out waiting for buffer space, or the socket itself failed: drop the
-                // rest of this batch rather than stall the receive side.
                 tracing::debug!(error = %e, "UDP send failed");
                 shared
                     .metrics
                     .udp_send_errors
-                    .fetch_add((batch.len() - start) as u64, Ordering::Relaxed);
+                    .fetch_add((listener.send.len() - start) as u64, Ordering::Relaxed);
                 break;
             }
         }
     }
-    batch.clear();
+    listener.send.clear();
+}
+
+impl Shard {
+    fn run(mut self) {
+        let _guard = ExitGuard {
+            index: self.index,
+            shared: self.shared.clone(),
+            stop: self.stop.clone(),
+        };
+        let mut events = Events::with_capacity(256);
+        let mut recv = RecvBatch::new(BATCH, MAX_DATAGRAM);
+        let mut out = Vec::with_capacity(MAX_REPLY);
+        // Sockets that still had data after their fair share: served again before blocking.
+        let mut again: Vec<Token> = Vec::new();
+        let mut next: Vec<Token> = Vec::new();
+        let mut last_publish = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let now_t = now(self.start);
+            let timeout = if again.is_empty() {
+                let mut t = POLL_INTERVAL;
+                if let Some(at) = self.core.poll_timeout() {
+                    t = t.min(Duration::from_millis(at.saturating_sub(now_t.millis)));
+                }
+                t
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "event loop failed");
+                    return;
+                }
+                continue;
+            }
+            let now_t = now(self.start);
+            next.clear();
+            let tokens = events
+                .iter()
+                .map(|e| e.token())
+                .chain(again.drain(..))
+                .collect::<Vec<_>>();
+            for token in tokens {
+                let more = match token {
+                    WAKER => {
+                        self.commands(now_t, &mut out);
+                        false
+                    }
+                    Token(i) if i < RELAY_BASE => {
+                        self.drain_listener(i, now_t, &mut recv, &mut out)
+                    }
+                    Token(i) => match RelayId::from_index(i - RELAY_BASE) {
+                        Some(id) => self.drain_relay(id, now_t, &mut recv, &mut out),
+                        None => false,
+                    },
+                };
+                if more && !next.contains(&token) {
+                    next.push(token);
+                }
+            }
+            std::mem::swap(&mut again, &mut next);
+            if self
+                .core
+                .poll_timeout()
+                .is_some_and(|at| at <= now_t.millis)
+            {
+                self.core.handle_timeout(now_t, &mut self.relays);
+            }
+            for l in &mut self.listeners {
+                if !l.send.is_empty() {
+                    flush(l, &self.shared);
+                }
+            }
+            self.counters.flush(&self.shared.metrics);
+            if last_publish.elapsed() >= POLL_INTERVAL {
+                self.publish();
+                last_publish = Instant::now();
+            }
+        }
+        self.counters.flush(&self.shared.metrics);
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        self.snapshot.stats = self.core.stats().clone();
+        self.snapshot.allocations = self.core.allocations();
+        let mut snaps = self
+            .shared
+            .metrics
+            .shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = snaps.get_mut(self.index) {
+            *s = self.snapshot.clone();
+        }
+    }
+
+    /// Which listener sends to a client that talks to `local`.
+    fn listener_for(&self, local: SocketAddr) -> Option<usize> {
+        self.listeners
+            .iter()
+            .position(|l| l.addr == local)
+            .or_else(|| {
+                self.listeners.iter().position(|l| {
+                    l.wildcard
+                        && l.addr.port() == local.port()
+                        && l.addr.is_ipv6() == local.is_ipv6()
+                })
+            })
+    }
+
+    fn send_to_client(&mut self, client: ClientKey, bytes: &[u8]) {
+        let Some(i) = self.listener_for(client.local) else {
+            self.shared
+                .metrics
+                .udp_send_errors
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let l = &mut self.listeners[i];
+        if l.send.is_full() {
+            flush(l, &self.shared);
+        }
+        let src = l.wildcard.then(|| client.local.ip());
+        if !l.send.push(client.remote, src, bytes) {
+            self.shared
+                .metrics
+                .udp_send_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {
+        let sent = match self.relays.sockets.get(relay.index()) {
+            Some(Some(sock)) => sock.send_to(payload, peer).is_ok(),
+            _ => false,
+        };
+        if !sent {
+            self.snapshot.peer_send_errors += 1;
+        }
+    }
+
+    fn drain_listener(
+        &mut self,
+        index: usize,
+        now_t: Now,
+        recv: &mut RecvBatch,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        for _ in 0..FAIR_BATCHES {
+            let Some(l) = self.listeners.get(index) else {
+                return false;
+            };
+            let (bound, wildcard) = (l.addr, l.wildcard);
+            match recv_batch(&l.sock, recv) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors surface here on some kernels; they concern one peer.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    return false;
+                }
+            }
+            let full = recv.len() == recv.capacity();
+            for (meta, data) in recv.iter() {
+                if meta.truncated {
+                    self.counters.drop(Transport::Udp, DropReason::Oversize);
+                    continue;
+                }
+                let local = match (wildcard, meta.dst_ip) {
+                    (true, Some(ip)) => SocketAddr::new(ip, bound.port()),
+                    _ => bound,
+                };
+                out.clear();
+                let outcome = self.core.handle_client(
+                    Incoming {
+                        transport: Transport::Udp,
+                        local,
+                        remote: meta.src,
+                        data,
+                    },
+                    now_t,
+                    &mut self.relays,
+                    out,
+                );
+                match outcome.action {
+                    ClientAction::Stun(action) => {
+                        self.counters.count(
+                            Transport::Udp,
+                            &Outcome {
+                                message: outcome.message,
+                                action,
+                            },
+                        );
+                        if let Action::Reply { from, to, .. } = action {
+                            if from == local {
+                                self.send_to_client(
+                                    ClientKey {
+                                        transport: Transport::Udp,
+                                        local,
+                                        remote: to,
+                                    },
+                                    out,
+                                );
+                            } else {
+                                self.send_from_sibling(from, to, out);
+                            }
+                        }
+                    }
+                    ClientAction::ToPeer {
+                        relay,
+                        peer,
+                        payload,
+                    } => {
+                        if let Some(m) = outcome.message {
+                            self.counters.count(
+                                Transport::Udp,
+                                &Outcome {
+                                    message: Some(m),
+                                    action: Action::Consumed,
+                                },
+                            );
+                        }
+                        if let Some(p) = data.get(payload) {
+                            self.send_to_peer(relay, peer, p);
+                        }
+                    }
+                    ClientAction::Drop(_) => {
+                        if let Some(m) = outcome.message {
+                            self.counters.count(
+                                Transport::Udp,
+                                &Outcome {
+                                    message: Some(m),
+                                    action: Action::Consumed,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            if !full {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// RFC 5780 CHANGE-REQUEST: answer from a sibling socket (rare path).
+    fn send_from_sibling(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        let ok = self
+            .listeners
+            .iter()
+            .find(|l| l.addr == from)
+            .is_some_and(|l| l.sock.send_to(bytes, to).is_ok());
+        if !ok {
+            self.shared
+                .metrics
+                .udp_send_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn drain_relay(
+        &mut self,
+        id: RelayId,
+        now_t: Now,
+        recv: &mut RecvBatch,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        for _ in 0..FAIR_BATCHES {
+            let Some(Some(sock)) = self.relays.sockets.get(id.index()) else {
+                return false;
+            };
+            match recv_batch(sock, recv) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "relay receive error");
+                    return false;
+                }
+            }
+            let full = recv.len() == recv.capacity();
+            for (meta, data) in recv.iter() {
+                if meta.truncated || data.len() > MAX_PEER_DATAGRAM {
+                    // Too large to relay in one client datagram.
+                    self.snapshot.peer_oversize += 1;
+                    continue;
+                }
+                out.clear();
+                match self.core.handle_peer(id, meta.src, data, now_t, out) {
+                    PeerAction::ToClient { client, .. } => match client.transport {
+                        Transport::Udp => self.send_to_client(client, out),
+                        Transport::Tcp => self.send_to_stream(client, out),
+                    },
+                    PeerAction::Drop(_) => {}
+                }
+            }
+            if !full {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn send_to_stream(&mut self, client: ClientKey, bytes: &[u8]) {
+        if let Some(tx) = self.streams.get(&client)
+            && tx.try_send(bytes.to_vec()).is_err()
+        {
+            self.snapshot.stream_queue_drops += 1;
+        }
+    }
+
+    /// Serves the messages of TCP/TLS clients.
+    fn commands(&mut self, now_t: Now, out: &mut Vec<u8>) {
+        // Bounded per wake-up so UDP traffic is not starved; the rest waits for the next round
+        // (the waker stays armed because more commands wake it again).
+        for _ in 0..COMMAND_QUEUE {
+            let cmd = match self.rx.try_recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            };
+            match cmd {
+                Command::Message {
+                    client,
+                    data,
+                    reply,
+                } => {
+                    out.clear();
+                    let outcome = self.core.handle_client(
+                        Incoming {
+                            transport: client.transport,
+                            local: client.local,
+                            remote: client.remote,
+                            data: &data,
+                        },
+                        now_t,
+                        &mut self.relays,
+                        out,
+                    );
+                    match outcome.action {
+                        ClientAction::Stun(action) => {
+                            self.counters.count(
+                                client.transport,
+                                &Outcome {
+                                    message: outcome.message,
+                                    action,
+                                },
+                            );
+                            if matches!(action, Action::Reply { .. })
+                                && reply.try_send(out.clone()).is_err()
+                            {
+                                self.snapshot.stream_queue_drops += 1;
+                            }
+                        }
+                        ClientAction::ToPeer {
+                            relay,
+                            peer,
+                            payload,
+                        } => {
+                            if let Some(p) = data.get(payload) {
+                                self.send_to_peer(relay, peer, p);
+                            }
+                        }
+                        ClientAction::Drop(_) => {}
+                    }
+                    if self.core.has_allocation(&client) {
+                        if self.streams.len() < MAX_STREAM_CLIENTS
+                            || self.streams.contains_key(&client)
+                        {
+                            self.streams.entry(client).or_insert(reply);
+                        }
+                    } else {
+                        self.streams.remove(&client);
+                    }
+                }
+                Command::Closed { client } => {
+                    self.streams.remove(&client);
+                    self.core.client_closed(client, &mut self.relays);
+                }
+            }
+        }
+        // More may be queued: make sure the loop comes back.
+        let _ = self.waker.wake();
+    }
+}
+
+/// Most stream clients with allocations a shard tracks (the allocation quota bounds it first).
+const MAX_STREAM_CLIENTS: usize = 1 << 20;
+
+struct ExitGuard {
+    index: usize,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if !self.stop.load(Ordering::Relaxed) {
+            let why = if std::thread::panicking() {
+                "panicked"
+            } else {
+                "stopped"
+            };
+            self.shared.fail(format!("UDP worker {} {why}", self.index));
+        }
+    }
 }

@@ -130,6 +130,27 @@ fn set_int_opt(fd: RawFd, level: c_int, name: c_int, value: c_int) -> io::Result
     }
 }
 
+/// Sets the Don't Fragment bit on datagrams sent from `sock` (path MTU discovery "do"): the
+/// TURN DONT-FRAGMENT attribute asks for it on relayed packets.
+pub fn set_dont_fragment(sock: &impl AsFd, v6: bool) -> io::Result<()> {
+    let fd = sock.as_fd().as_raw_fd();
+    if v6 {
+        set_int_opt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+    } else {
+        set_int_opt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    }
+}
+
 /// Create a non-blocking UDP socket bound to `addr`, ready for [`recv_batch`] / [`send_batch`].
 ///
 /// * `SO_REUSEPORT` when `reuse_port` is true, so several workers can bind the same address and

@@ -5,10 +5,8 @@
 //! Any TURN server configured with the same shared secret (this one, coturn's
 //! `use-auth-secret`/`static-auth-secret`, eturnal) accepts them until the expiry.
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha1::Sha1;
+use turnpike_proto::credential;
 
 /// A username/password pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -21,7 +19,7 @@ pub struct Credential {
 
 /// Mints a credential for `user` valid until `unix_now + ttl_secs`.
 pub fn mint(secret: &[u8], user: &str, unix_now: u64, ttl_secs: u64) -> Credential {
-    let username = format!("{}:{user}", unix_now.saturating_add(ttl_secs));
+    let username = credential::rest_username(unix_now.saturating_add(ttl_secs), user);
     Credential {
         password: password(secret, &username),
         username,
@@ -30,10 +28,7 @@ pub fn mint(secret: &[u8], user: &str, unix_now: u64, ttl_secs: u64) -> Credenti
 
 /// The password for `username` under `secret`.
 pub fn password(secret: &[u8], username: &str) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(username.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    credential::rest_password(secret, username)
 }
 
 /// One entry of `RTCConfiguration.iceServers`, as browsers expect it.

@@ -106,6 +106,22 @@ pub struct FileConfig {
     hub_keepalive_timeout: Option<u64>,
     hub_resume_window: Option<u64>,
     hub_replay_cap: Option<usize>,
+    realm: Option<String>,
+    user: Option<Vec<String>>,
+    auth_secret: Option<Vec<String>>,
+    relay_ip: Option<Vec<IpAddr>>,
+    relay_ports: Option<PortRange>,
+    external_ip: Option<Vec<ExternalIp>>,
+    tls_listen: Option<Vec<SocketAddr>>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    allow_peer: Option<Vec<Cidr>>,
+    deny_peer: Option<Vec<Cidr>>,
+    max_allocations: Option<usize>,
+    user_quota: Option<usize>,
+    ip_quota: Option<usize>,
+    max_permissions: Option<usize>,
+    max_channels: Option<usize>,
 }
 
 impl FileConfig {
@@ -220,10 +236,211 @@ pub struct ServeArgs {
     /// Messages kept per signaling session for replay on resume [default: 256].
     #[arg(long, env = "TURNPIKE_HUB_REPLAY_CAP", value_name = "N")]
     pub hub_replay_cap: Option<usize>,
+    /// TURN realm (REALM attribute; part of the long-term key) [default: turnpike].
+    #[arg(long, env = "TURNPIKE_REALM", value_name = "REALM")]
+    pub realm: Option<String>,
+    /// Static TURN user `NAME:PASSWORD`, or `NAME:0xKEY` with the hex MD5 long-term key
+    /// (coturn's pre-hashed form) (repeatable) [default: none].
+    #[arg(
+        long,
+        env = "TURNPIKE_USER",
+        value_name = "NAME:PASSWORD",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub user: Vec<String>,
+    /// Shared secret of the coturn "TURN REST API" (use-auth-secret); repeatable for rotation
+    /// [default: a random secret, shared with the hub].
+    #[arg(
+        long,
+        env = "TURNPIKE_AUTH_SECRET",
+        value_name = "SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_secret: Vec<String>,
+    /// IP that relay sockets bind to, at most one per address family (repeatable)
+    /// [default: the first listening address of that family; for a wildcard, the address of
+    /// the default route].
+    #[arg(
+        long,
+        env = "TURNPIKE_RELAY_IP",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub relay_ip: Vec<IpAddr>,
+    /// Relay port range [default: 49152-65535].
+    #[arg(long, env = "TURNPIKE_RELAY_PORTS", value_name = "MIN-MAX")]
+    pub relay_ports: Option<PortRange>,
+    /// Public IP to advertise for relayed addresses when behind a 1:1 NAT: `PUBLIC` or
+    /// `PUBLIC/PRIVATE` (the relay IP it maps to); at most one per family (repeatable).
+    #[arg(
+        long,
+        env = "TURNPIKE_EXTERNAL_IP",
+        value_name = "PUBLIC[/PRIVATE]",
+        value_delimiter = ','
+    )]
+    pub external_ip: Vec<ExternalIp>,
+    /// TLS listening address for STUN/TURN over TLS (repeatable) [default: port 5349 on each
+    /// --listen IP when --cert and --key are given].
+    #[arg(
+        long,
+        env = "TURNPIKE_TLS_LISTEN",
+        value_name = "IP:PORT",
+        value_delimiter = ','
+    )]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "TURNPIKE_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "TURNPIKE_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Peer network to allow even inside a denied range (repeatable; wins over denials).
+    #[arg(
+        long,
+        env = "TURNPIKE_ALLOW_PEER",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_peer: Vec<Cidr>,
+    /// Peer network to deny in addition to the built-in ranges (repeatable).
+    #[arg(
+        long,
+        env = "TURNPIKE_DENY_PEER",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub deny_peer: Vec<Cidr>,
+    /// TURN allocations on the whole server [default: 10000].
+    #[arg(long, env = "TURNPIKE_MAX_ALLOCATIONS", value_name = "N")]
+    pub max_allocations: Option<usize>,
+    /// TURN allocations per user; 0 = unlimited [default: 0].
+    #[arg(long, env = "TURNPIKE_USER_QUOTA", value_name = "N")]
+    pub user_quota: Option<usize>,
+    /// TURN allocations per client IP; 0 = unlimited [default: 64].
+    #[arg(long, env = "TURNPIKE_IP_QUOTA", value_name = "N")]
+    pub ip_quota: Option<usize>,
+    /// Permissions per TURN allocation [default: 64].
+    #[arg(long, env = "TURNPIKE_MAX_PERMISSIONS", value_name = "N")]
+    pub max_permissions: Option<usize>,
+    /// Channel bindings per TURN allocation [default: 64].
+    #[arg(long, env = "TURNPIKE_MAX_CHANNELS", value_name = "N")]
+    pub max_channels: Option<usize>,
     /// Print the merged configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
 }
+
+/// A relay port range `MIN-MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a port range MIN-MAX (e.g. 49152-65535)");
+        let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        let (a, b): (u16, u16) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if a == 0 || a > b {
+            return Err(format!(
+                "relay port range `{s}`: MIN must be at least 1 and not above MAX"
+            ));
+        }
+        Ok(PortRange(a, b))
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// `--external-ip PUBLIC[/PRIVATE]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalIp {
+    /// The public address clients see.
+    pub public: IpAddr,
+    /// The local relay IP it maps to (`None`: the relay IP of the same family).
+    pub private: Option<IpAddr>,
+}
+
+impl FromStr for ExternalIp {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not PUBLIC or PUBLIC/PRIVATE (IP addresses)");
+        let (public, private) = match s.trim().split_once('/') {
+            Some((a, b)) => (
+                a.parse().map_err(|_| bad())?,
+                Some(b.parse().map_err(|_| bad())?),
+            ),
+            None => (s.trim().parse().map_err(|_| bad())?, None),
+        };
+        let e = ExternalIp { public, private };
+        if e.private
+            .is_some_and(|p: IpAddr| p.is_ipv4() != public.is_ipv4())
+        {
+            return Err(format!(
+                "--external-ip {s}: both addresses must be of the same family"
+            ));
+        }
+        Ok(e)
+    }
+}
+
+impl fmt::Display for ExternalIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.private {
+            Some(p) => write!(f, "{}/{p}", self.public),
+            None => write!(f, "{}", self.public),
+        }
+    }
+}
+
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_via_str!(PortRange);
+serde_via_str!(ExternalIp);
+
+/// A peer network (`--allow-peer` / `--deny-peer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub turnpike_relay_core::policy::Cidr);
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(Cidr)
+            .map_err(|e: turnpike_relay_core::policy::CidrError| e.to_string())
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+serde_via_str!(Cidr);
 
 /// The merged configuration (what `--print-config` shows).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -277,6 +494,42 @@ pub struct Settings {
     pub hub_resume_window: u64,
     /// Messages kept per signaling session for replay on resume.
     pub hub_replay_cap: usize,
+    /// TURN realm.
+    pub realm: String,
+    /// Static users (never printed: they hold passwords).
+    #[serde(skip_serializing)]
+    pub user: Vec<String>,
+    /// REST API shared secrets (never printed).
+    #[serde(skip_serializing)]
+    pub auth_secret: Vec<String>,
+    /// Relay IPs (empty: derived from `listen`).
+    pub relay_ip: Vec<IpAddr>,
+    /// Relay port range.
+    pub relay_ports: PortRange,
+    /// Advertised public IPs.
+    pub external_ip: Vec<ExternalIp>,
+    /// TLS listening addresses (empty: port 5349 on each listen IP when a certificate is set).
+    pub tls_listen: Vec<SocketAddr>,
+    /// TLS certificate chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// TLS private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Peer networks allowed despite the built-in denials.
+    pub allow_peer: Vec<Cidr>,
+    /// Extra denied peer networks.
+    pub deny_peer: Vec<Cidr>,
+    /// Allocations on the whole server.
+    pub max_allocations: usize,
+    /// Allocations per user (0 = unlimited).
+    pub user_quota: usize,
+    /// Allocations per client IP (0 = unlimited).
+    pub ip_quota: usize,
+    /// Permissions per allocation.
+    pub max_permissions: usize,
+    /// Channel bindings per allocation.
+    pub max_channels: usize,
 }
 
 impl Default for Settings {
@@ -305,6 +558,22 @@ impl Default for Settings {
             hub_keepalive_timeout: 60,
             hub_resume_window: 30,
             hub_replay_cap: 256,
+            realm: "turnpike".to_owned(),
+            user: Vec::new(),
+            auth_secret: Vec::new(),
+            relay_ip: Vec::new(),
+            relay_ports: PortRange(49152, 65535),
+            external_ip: Vec::new(),
+            tls_listen: Vec::new(),
+            cert: None,
+            key: None,
+            allow_peer: Vec::new(),
+            deny_peer: Vec::new(),
+            max_allocations: 10_000,
+            user_quota: 0,
+            ip_quota: 64,
+            max_permissions: 64,
+            max_channels: 64,
         }
     }
 }
@@ -400,6 +669,46 @@ impl Settings {
                 .hub_replay_cap
                 .or(file.hub_replay_cap)
                 .unwrap_or(d.hub_replay_cap),
+            realm: args.realm.clone().or(file.realm).unwrap_or(d.realm),
+            user: nonempty(&args.user).or(file.user).unwrap_or(d.user),
+            auth_secret: nonempty(&args.auth_secret)
+                .or(file.auth_secret)
+                .unwrap_or(d.auth_secret),
+            relay_ip: nonempty(&args.relay_ip)
+                .or(file.relay_ip)
+                .unwrap_or(d.relay_ip),
+            relay_ports: args
+                .relay_ports
+                .or(file.relay_ports)
+                .unwrap_or(d.relay_ports),
+            external_ip: nonempty(&args.external_ip)
+                .or(file.external_ip)
+                .unwrap_or(d.external_ip),
+            tls_listen: nonempty(&args.tls_listen)
+                .or(file.tls_listen)
+                .unwrap_or(d.tls_listen),
+            cert: args.cert.clone().or(file.cert),
+            key: args.key.clone().or(file.key),
+            allow_peer: nonempty(&args.allow_peer)
+                .or(file.allow_peer)
+                .unwrap_or(d.allow_peer),
+            deny_peer: nonempty(&args.deny_peer)
+                .or(file.deny_peer)
+                .unwrap_or(d.deny_peer),
+            max_allocations: args
+                .max_allocations
+                .or(file.max_allocations)
+                .unwrap_or(d.max_allocations),
+            user_quota: args.user_quota.or(file.user_quota).unwrap_or(d.user_quota),
+            ip_quota: args.ip_quota.or(file.ip_quota).unwrap_or(d.ip_quota),
+            max_permissions: args
+                .max_permissions
+                .or(file.max_permissions)
+                .unwrap_or(d.max_permissions),
+            max_channels: args
+                .max_channels
+                .or(file.max_channels)
+                .unwrap_or(d.max_channels),
         }
     }
 
@@ -529,6 +838,19 @@ impl Settings {
             bail!("--hub-secret must be at least 16 characters (it signs join tokens)");
         }
         let primary = self.listen[0];
+        let (turn, tls) = self.turn_settings()?;
+        let mut turn_urls = Vec::new();
+        let mut hub_turn_secret = None;
+        if let Some(t) = &turn {
+            turn_urls.push(format!("turn:{{host}}:{}?transport=udp", primary.port()));
+            turn_urls.push(format!("turn:{{host}}:{}?transport=tcp", primary.port()));
+            if let Some(tls) = &tls
+                && let Some(a) = tls.listen.first()
+            {
+                turn_urls.push(format!("turns:{{host}}:{}?transport=tcp", a.port()));
+            }
+            hub_turn_secret = Some(t.hub_secret.clone());
+        }
         let default_host = if primary.ip().is_unspecified() {
             "localhost".to_owned()
         } else if primary.is_ipv6() {
@@ -550,11 +872,9 @@ impl Settings {
                 replay_cap: self.hub_replay_cap,
                 hub_secret: self.hub_secret.as_ref().map(|s| s.as_bytes().to_vec()),
                 ice: turnpike_signal::creds::IceConfig {
-                    // The hub offers this server's STUN service; TURN URLs join when the
-                    // relay exists.
                     stun_urls: vec![format!("stun:{{host}}:{}", primary.port())],
-                    turn_urls: Vec::new(),
-                    secret: None,
+                    turn_urls,
+                    secret: hub_turn_secret,
                     ttl_secs: self.ice_ttl,
                     default_host,
                 },
@@ -575,8 +895,239 @@ impl Settings {
             tcp_max_connections: self.tcp_max_connections.max(1),
             tcp_idle_timeout: Duration::from_secs(self.tcp_idle_timeout),
             signal,
+            turn: turn.map(|t| t.server),
+            tls,
         })
     }
+
+    /// Validates the TURN and TLS settings and resolves the relay addresses.
+    fn turn_settings(&self) -> Result<(Option<TurnParts>, Option<turnpike_server::TlsSettings>)> {
+        use turnpike_relay_core::auth::Credentials;
+        use turnpike_relay_core::turn::{Quotas, RelayAddress, TurnConfig};
+
+        if self.realm.is_empty() || self.realm.len() > 64 || !self.realm.is_ascii() {
+            bail!("--realm must be 1 to 64 ASCII characters");
+        }
+        let mut credentials = Credentials::new(self.realm.clone());
+        for u in &self.user {
+            let Some((name, pass)) = u.split_once(':') else {
+                bail!("--user must be NAME:PASSWORD (or NAME:0xHEXKEY); got a value without ':'");
+            };
+            if name.is_empty() || pass.is_empty() {
+                bail!("--user {name}:…: the name and the password must not be empty");
+            }
+            match pass.strip_prefix("0x") {
+                Some(hex) if hex.len() == 32 => {
+                    let mut key = [0u8; 16];
+                    for (i, b) in key.iter_mut().enumerate() {
+                        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).with_context(|| {
+                            format!("--user {name}:0x…: the key must be 32 hex digits (MD5 of name:realm:password)")
+                        })?;
+                    }
+                    credentials.add_user_key(name, key);
+                }
+                _ => credentials.add_user(name, pass),
+            }
+        }
+        for secret in &self.auth_secret {
+            if secret.len() < 8 {
+                bail!("--auth-secret must be at least 8 characters");
+            }
+            credentials.add_secret(secret.as_bytes());
+        }
+        // With no shared secret, a random one lets the hub hand out working TURN credentials
+        // (and makes the relay refuse everyone else): never an open relay.
+        let hub_secret = match self.auth_secret.first() {
+            Some(s) => s.as_bytes().to_vec(),
+            None => {
+                let mut b = [0u8; 32];
+                getrandom::fill(&mut b).context("no OS randomness for the TURN secret")?;
+                let s = b
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<String>()
+                    .into_bytes();
+                credentials.add_secret(&s);
+                s
+            }
+        };
+        // Nodes that share a secret accept each other's nonces: the nonce key derives from it.
+        let nonce_secret = {
+            use hmac::{Hmac, Mac};
+            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&hub_secret)
+                .expect("HMAC takes keys of any length");
+            mac.update(b"turnpike nonce key v1");
+            let out: [u8; 32] = mac.finalize().into_bytes().into();
+            out
+        };
+
+        let mut relay_v4 = None;
+        let mut relay_v6 = None;
+        for &ip in &self.relay_ip {
+            if ip.is_unspecified() {
+                bail!("--relay-ip {ip} is a wildcard: give the IP relay sockets bind to");
+            }
+            let slot = if ip.is_ipv4() {
+                &mut relay_v4
+            } else {
+                &mut relay_v6
+            };
+            if slot.is_some() {
+                bail!(
+                    "--relay-ip is given twice for one address family: at most one IPv4 and one IPv6"
+                );
+            }
+            *slot = Some(ip);
+        }
+        for v6 in [false, true] {
+            let slot = if v6 { &mut relay_v6 } else { &mut relay_v4 };
+            if slot.is_some() {
+                continue;
+            }
+            if let Some(l) = self.listen.iter().find(|l| l.is_ipv6() == v6) {
+                *slot = if l.ip().is_unspecified() {
+                    default_route_ip(v6)
+                } else {
+                    Some(l.ip())
+                };
+                if slot.is_none() {
+                    tracing::warn!(
+                        family = if v6 { "IPv6" } else { "IPv4" },
+                        "no relay IP: --listen is a wildcard and there is no default route; TURN for this family is off (set --relay-ip)"
+                    );
+                }
+            }
+        }
+        let mut advertised: [Option<IpAddr>; 2] = [None, None];
+        for e in &self.external_ip {
+            let index = usize::from(e.public.is_ipv6());
+            if advertised[index].is_some() {
+                bail!("--external-ip is given twice for one address family");
+            }
+            let relay = if e.public.is_ipv6() {
+                &mut relay_v6
+            } else {
+                &mut relay_v4
+            };
+            match (e.private, *relay) {
+                (Some(p), Some(r)) if p != r => bail!(
+                    "--external-ip {e}: the private address {p} is not the relay IP {r} (set --relay-ip {p})"
+                ),
+                (Some(p), None) => *relay = Some(p),
+                (None, None) => bail!(
+                    "--external-ip {e}: there is no relay IP of that family to map it to (set --relay-ip)"
+                ),
+                _ => {}
+            }
+            advertised[index] = Some(e.public);
+        }
+        let relay_address = |bind: Option<IpAddr>, index: usize| {
+            bind.map(|b| RelayAddress {
+                bind: b,
+                advertised: advertised[index].unwrap_or(b),
+            })
+        };
+        let (lo, hi) = (self.relay_ports.0, self.relay_ports.1);
+        if lo < 1024 {
+            bail!("--relay-ports {lo}-{hi}: relay ports must be 1024 or above");
+        }
+        for (name, v, lo_, hi_) in [
+            ("--max-allocations", self.max_allocations, 1, 10_000_000),
+            ("--max-permissions", self.max_permissions, 1, 10_000),
+            ("--max-channels", self.max_channels, 1, 4096),
+        ] {
+            if !(lo_..=hi_).contains(&v) {
+                bail!("{name} must be between {lo_} and {hi_}");
+            }
+        }
+        let mut own_ips: Vec<IpAddr> = self
+            .listen
+            .iter()
+            .map(|l| l.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        own_ips.extend(
+            self.tls_listen
+                .iter()
+                .map(|l| l.ip())
+                .filter(|ip| !ip.is_unspecified()),
+        );
+        own_ips.extend(self.alternate_ip.iter().copied());
+        let config = TurnConfig {
+            credentials,
+            relay_v4: relay_address(relay_v4, 0),
+            relay_v6: relay_address(relay_v6, 1),
+            own_ips,
+            policy: turnpike_relay_core::policy::PeerPolicy::new(
+                self.allow_peer.iter().map(|c| c.0).collect(),
+                self.deny_peer.iter().map(|c| c.0).collect(),
+            ),
+            max_permissions: self.max_permissions,
+            max_channels: self.max_channels,
+            ..TurnConfig::default()
+        };
+
+        let tls = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let listen = if self.tls_listen.is_empty() {
+                    let mut v: Vec<SocketAddr> = Vec::new();
+                    for l in &self.listen {
+                        let a = SocketAddr::new(l.ip(), 5349);
+                        if !v.contains(&a) {
+                            v.push(a);
+                        }
+                    }
+                    v
+                } else {
+                    self.tls_listen.clone()
+                };
+                Some(turnpike_server::TlsSettings {
+                    listen,
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            }
+            (None, None) if self.tls_listen.is_empty() => None,
+            (None, None) => bail!("--tls-listen needs --cert and --key"),
+            _ => bail!("TLS needs both --cert and --key"),
+        };
+
+        if config.relay_v4.is_none() && config.relay_v6.is_none() {
+            tracing::warn!("TURN is off: no relay IP could be determined (set --relay-ip)");
+            return Ok((None, tls));
+        }
+        let server = turnpike_server::TurnSettings {
+            config,
+            ports: (lo, hi),
+            quotas: Quotas {
+                total: self.max_allocations,
+                per_user: self.user_quota,
+                per_ip: self.ip_quota,
+            },
+            nonce_secret,
+        };
+        Ok((Some(TurnParts { server, hub_secret }), tls))
+    }
+}
+
+/// The TURN part of the driver configuration plus the secret the hub signs credentials with.
+struct TurnParts {
+    server: turnpike_server::TurnSettings,
+    hub_secret: Vec<u8>,
+}
+
+/// The local address the kernel would use to reach the internet: a UDP `connect` to a
+/// documentation address picks the route without sending anything.
+fn default_route_ip(v6: bool) -> Option<IpAddr> {
+    let (bind, probe): (SocketAddr, SocketAddr) = if v6 {
+        ("[::]:0".parse().ok()?, "[2001:db8::1]:9".parse().ok()?)
+    } else {
+        ("0.0.0.0:0".parse().ok()?, "192.0.2.1:9".parse().ok()?)
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(probe).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `turnpike`: STUN/TURN relay, WebRTC signaling hub and NAT diagnosis in one binary.
 
 mod config;
+mod cred;
 mod natcheck;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Classify this host's NAT (mapping, filtering, classic type) against an RFC 5780 server.
     NatCheck(natcheck::NatCheckArgs),
+    /// Mint a short-lived TURN credential (coturn "TURN REST API" formula) from a shared secret.
+    Cred(cred::CredArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -87,6 +90,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("turnpike nat-check: error: {e:#}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Cred(args) => match cred::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("turnpike cred: error: {e:#}");
+                ExitCode::FAILURE
             }
         },
     }
