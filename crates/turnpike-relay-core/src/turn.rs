@@ -326,6 +326,13 @@ impl Default for TurnConfig {
     }
 }
 
+/// Channel numbers a client may bind. RFC 8656 §12 narrowed the range to 0x4000–0x4FFF so
+/// ChannelData can share a port with DTLS and RTP (RFC 7983), but RFC 5766 allowed up to
+/// 0x7FFF and libwebrtc (every Chromium-based browser) and coturn's clients still pick numbers
+/// from the whole old range; refusing them would break those clients, so the old range is
+/// accepted, as coturn does.
+pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
+
 /// How long an expired channel number (or peer) stays blocked from rebinding (RFC 8656 §12).
 const CHANNEL_QUARANTINE_MS: u64 = 300_000;
 /// How long an EVEN-PORT reservation is held (RFC 8656 §7.2: about 30 s).
@@ -738,8 +745,8 @@ impl TurnServer {
 
     // ---------------------------------------------------------------- client messages
 
-    /// Handles one message from a client: a STUN message, or ChannelData (first byte
-    /// 0x40–0x4F, RFC 7983). Replies are appended to `out`.
+    /// Handles one message from a client: a STUN message (first byte 0x00–0x3F), or
+    /// ChannelData (0x40–0x7F). Replies are appended to `out`.
     pub fn handle_client(
         &mut self,
         msg: Incoming<'_>,
@@ -748,7 +755,7 @@ impl TurnServer {
         out: &mut Vec<u8>,
     ) -> ClientOutcome {
         if let Some(&first) = msg.data.first()
-            && (0x40..=0x4F).contains(&first)
+            && (0x40..=0x7F).contains(&first)
         {
             return ClientOutcome {
                 message: None,
@@ -824,7 +831,7 @@ impl TurnServer {
         }
         let number = u16::from_be_bytes([d[0], d[1]]);
         let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
-        if !(0x4000..=0x4FFF).contains(&number) || d.len() < 4 + len {
+        if !CHANNELS.contains(&number) || d.len() < 4 + len {
             return self.drop(TurnDrop::Malformed);
         }
         let key = ClientKey {
@@ -1297,7 +1304,7 @@ impl TurnServer {
         let (Some(number), Some(peer)) = (a.channel_number, a.first_peer()) else {
             return Err(400);
         };
-        if !(0x4000..=0x4FFF).contains(&number) {
+        if !CHANNELS.contains(&number) {
             return Err(400);
         }
         let class = self.check_peer(slot, peer)?;
@@ -1388,7 +1395,7 @@ impl TurnServer {
             };
             (code, why)
         };
-        let plan = match self.plan_allocation(a, now) {
+        let plan = match self.plan_allocation(a) {
             Ok(p) => p,
             Err(code) => {
                 let (code, why) = fail(code);
@@ -1532,7 +1539,7 @@ impl TurnServer {
     }
 
     /// Validates an Allocate's attributes (RFC 8656 §7.2) and decides what to open.
-    fn plan_allocation(&self, a: &TurnAttrs<'_>, now: Now) -> Result<Plan, u16> {
+    fn plan_allocation(&self, a: &TurnAttrs<'_>) -> Result<Plan, u16> {
         match a.requested_transport {
             None => return Err(400),
             Some(17) => {}
@@ -1561,16 +1568,9 @@ impl TurnServer {
             None => self.config.default_lifetime,
         };
         let port = match (a.reservation_token, a.even_port) {
-            (Some(token), _) => {
-                if !self
-                    .reservations
-                    .iter()
-                    .any(|r| r.token == token && r.expires > now.millis)
-                {
-                    return Err(508);
-                }
-                PortRequest::Reserved(token)
-            }
+            // The driver holds reserved sockets (possibly for another core of the same
+            // server) and refuses tokens it does not hold: 508 then.
+            (Some(token), _) => PortRequest::Reserved(token),
             (None, Some(reserve_next)) => PortRequest::Even { reserve_next },
             (None, None) => PortRequest::Any,
         };

@@ -1048,7 +1048,8 @@ fn channel_bind_rules_and_channel_data_both_ways() {
         h.request(1, &req).error
     };
     assert_eq!(bind(&mut h, 0x3FFF, a), Some(400));
-    assert_eq!(bind(&mut h, 0x5000, a), Some(400));
+    assert_eq!(bind(&mut h, 0x8000, a), Some(400));
+    assert_eq!(bind(&mut h, 0xFFFF, a), Some(400));
     assert_eq!(bind(&mut h, 0x4000, peer_addr("10.0.0.1:1")), Some(403));
     assert_eq!(
         bind(&mut h, 0x4000, peer_addr("[2606:4700::1]:1")),

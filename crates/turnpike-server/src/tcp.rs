@@ -243,7 +243,7 @@ fn frame_len(pending: &[u8]) -> Option<Result<usize, ()>> {
     let len = usize::from(u16::from_be_bytes([pending[2], pending[3]]));
     Some(match pending[0] {
         0x00..=0x3F => Ok(turnpike_proto::HEADER_LEN + len),
-        0x40..=0x4F => Ok(4 + len.next_multiple_of(4)),
+        0x40..=0x7F => Ok(4 + len.next_multiple_of(4)),
         _ => Err(()),
     })
 }

@@ -157,6 +157,7 @@ pub fn spawn_shards(
 ) -> Result<(Vec<std::thread::JoinHandle<()>>, Vec<ShardHandle>)> {
     let mut threads = Vec::new();
     let mut handles = Vec::new();
+    let reservations = Reservations::default();
     {
         let mut snaps = shared
             .metrics
@@ -197,7 +198,7 @@ pub fn spawn_shards(
             relays: RelayTable {
                 registry,
                 sockets: Vec::new(),
-                reservations: HashMap::new(),
+                reservations: reservations.clone(),
                 ports: turn.ports,
                 rng: u64::from_le_bytes(seed) | 1,
             },
@@ -243,10 +244,19 @@ struct Shard {
     waker: Arc<Waker>,
 }
 
+/// Sockets held for EVEN-PORT reservations, shared by all shards: the Allocate that claims a
+/// token may arrive on another shard than the one that reserved it.
+type Reservations = Arc<std::sync::Mutex<HashMap<u64, std::net::UdpSocket>>>;
+
+fn lock(r: &Reservations) -> std::sync::MutexGuard<'_, HashMap<u64, std::net::UdpSocket>> {
+    // A poisoned lock only means a shard panicked while holding it; the map is still valid.
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct RelayTable {
     registry: mio::Registry,
     sockets: Vec<Option<UdpSocket>>,
-    reservations: HashMap<u64, std::net::UdpSocket>,
+    reservations: Reservations,
     ports: (u16, u16),
     rng: u64,
 }
@@ -337,7 +347,7 @@ impl RelaySockets for RelayTable {
                         && let Ok(next) = Self::bind(ip, p + 1)
                     {
                         let token = self.random();
-                        self.reservations.insert(token, next);
+                        lock(&self.reservations).insert(token, next);
                         found = Some((s, p, Some(token)));
                         break;
                     }
@@ -345,8 +355,7 @@ impl RelaySockets for RelayTable {
                 found.ok_or(OpenError::Exhausted)?
             }
             PortRequest::Reserved(token) => {
-                let s = self
-                    .reservations
+                let s = lock(&self.reservations)
                     .remove(&token)
                     .ok_or(OpenError::NoReservation)?;
                 let p = s.local_addr().map_err(|_| OpenError::Failed)?.port();
@@ -370,7 +379,7 @@ impl RelaySockets for RelayTable {
     }
 
     fn release_reservation(&mut self, token: u64) {
-        self.reservations.remove(&token);
+        lock(&self.reservations).remove(&token);
     }
 }
 
