@@ -272,3 +272,105 @@ async fn hub_limits_are_configurable() {
     assert!(m["message"].as_str().unwrap().contains('2'));
     srv.stop();
 }
+
+/// Allocates on the TURN server at `url` (`turn:HOST:PORT?transport=udp`) with the given
+/// credentials, over UDP from 127.0.0.1; returns the final response's error code (None = success).
+fn turn_allocate(url: &str, port_of_url: u16, username: &str, password: &str) -> Option<u16> {
+    use turnpike_proto::turn_client::{
+        Allocate, Challenge, Credentials, LongTermAuth, Request, parse_response,
+    };
+    assert!(
+        url.starts_with("turn:") && url.ends_with("?transport=udp"),
+        "{url}"
+    );
+    let server: std::net::SocketAddr = format!("127.0.0.1:{port_of_url}").parse().unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut auth = LongTermAuth::new(Credentials::new(username, password));
+    let mut buf = [0u8; 2048];
+    for attempt in 0u8..3 {
+        let mut out = Vec::new();
+        let signed = Request::Allocate(Allocate::default())
+            .encode(&mut out, &[attempt + 1; 12], Some(&auth), true)
+            .unwrap();
+        sock.send_to(&out, server).unwrap();
+        let n = sock.recv(&mut buf).expect("a TURN reply");
+        let r = parse_response(&buf[..n]).expect("a TURN response");
+        if r.is_success() {
+            auth.verify(&r).expect("MESSAGE-INTEGRITY of the success");
+            return None;
+        }
+        match auth.handle_challenge(&r, signed) {
+            Challenge::Retry => continue,
+            _ => return r.error_code(),
+        }
+    }
+    panic!("no answer after three challenges")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_and_ice_servers_carry_working_turn_credentials() {
+    let p = free_port("127.0.0.1");
+    let srv = Server::start(&["--listen", &format!("127.0.0.1:{p}")]);
+    let mut a = connect(&srv).await;
+    send(&mut a, json!({"type": "join", "room": "turn-creds"})).await;
+    let w = recv(&mut a).await;
+    assert_eq!(w["type"], "welcome");
+    let turn = &w["ice_servers"][1];
+    let urls: Vec<&str> = turn["urls"]
+        .as_array()
+        .expect("a TURN entry")
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            format!("turn:127.0.0.1:{p}?transport=udp"),
+            format!("turn:127.0.0.1:{p}?transport=tcp")
+        ]
+    );
+    let (user, pass) = (
+        turn["username"].as_str().unwrap().to_owned(),
+        turn["credential"].as_str().unwrap().to_owned(),
+    );
+    let expiry: u64 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("EXPIRY:USER");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!((now + 290..=now + 310).contains(&expiry), "ttl 300");
+    let (u, pw, url) = (user.clone(), pass.clone(), urls[0].to_owned());
+    let result = tokio::task::spawn_blocking(move || turn_allocate(&url, p, &u, &pw))
+        .await
+        .unwrap();
+    assert_eq!(
+        result, None,
+        "the hub's credentials allocate on this server"
+    );
+    // A tampered password is refused with 401.
+    let url = urls[0].to_owned();
+    let bad = tokio::task::spawn_blocking(move || turn_allocate(&url, p, &user, "x"))
+        .await
+        .unwrap();
+    assert_eq!(bad, Some(401));
+    // /v1/ice-servers hands out credentials that work too.
+    let r = http_get(srv.http, "/v1/ice-servers");
+    let body: Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let t = &body["iceServers"][1];
+    let (u, pw) = (
+        t["username"].as_str().unwrap().to_owned(),
+        t["credential"].as_str().unwrap().to_owned(),
+    );
+    let url = format!("turn:127.0.0.1:{p}?transport=udp");
+    let result = tokio::task::spawn_blocking(move || turn_allocate(&url, p, &u, &pw))
+        .await
+        .unwrap();
+    assert_eq!(result, None);
+    srv.stop();
+}
