@@ -47,10 +47,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
-
 use crate::fast::{finish, finish_with_fingerprint, write_attr, write_header, write_xor_addr_attr};
+use crate::credential;
 use crate::integrity::{self, IntegrityError};
 use crate::{
     Class, HEADER_LEN, MAGIC_COOKIE, MessageView, ParseError, TransactionId, attr, method,
@@ -67,17 +65,23 @@ pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 /// Largest STUN message body: the length field has 16 bits.
 const MAX_BODY: usize = u16::MAX as usize;
 
-/// A TURN channel number, 0x4000–0x4FFF (RFC 8656 §12).
+/// A TURN channel number, 0x4000–0x7FFF.
+///
+/// RFC 8656 §12 narrowed the range to 0x4000–0x4FFF (pick from there: [`ChannelNumber::MIN`]
+/// to [`ChannelNumber::RFC8656_MAX`]); RFC 5766 allowed up to 0x7FFF, which libwebrtc and
+/// coturn clients still use and Turnpike's server accepts, so parsing takes the whole range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelNumber(u16);
 
 impl ChannelNumber {
     /// The lowest channel number.
     pub const MIN: ChannelNumber = ChannelNumber(0x4000);
-    /// The highest channel number.
-    pub const MAX: ChannelNumber = ChannelNumber(0x4FFF);
+    /// The highest channel number of RFC 8656.
+    pub const RFC8656_MAX: ChannelNumber = ChannelNumber(0x4FFF);
+    /// The highest channel number (RFC 5766).
+    pub const MAX: ChannelNumber = ChannelNumber(0x7FFF);
 
-    /// The channel number `n`, or `None` outside 0x4000–0x4FFF.
+    /// The channel number `n`, or `None` outside 0x4000–0x7FFF.
     pub const fn new(n: u16) -> Option<Self> {
         if n >= Self::MIN.0 && n <= Self::MAX.0 {
             Some(ChannelNumber(n))
@@ -171,9 +175,6 @@ pub enum DecodeError {
     /// Neither STUN nor ChannelData (the first two bits are 1x).
     #[error("neither STUN nor ChannelData")]
     NotTurn,
-    /// A ChannelData message whose channel number is outside 0x4000–0x4FFF.
-    #[error("ChannelData with invalid channel number {0:#06x}")]
-    BadChannelNumber(u16),
     /// A ChannelData message shorter than its length field, or with more than 3 trailing bytes.
     #[error("ChannelData length does not match the datagram")]
     ChannelDataLength,
@@ -211,10 +212,10 @@ impl Credentials {
 
     /// Time-limited credentials of the TURN REST API scheme that coturn's `use-auth-secret`
     /// and Turnpike's `--auth-secret` accept: username `"<expires_unix>:<user>"`, password
-    /// `base64(HMAC-SHA1(secret, username))`.
+    /// `base64(HMAC-SHA1(secret, username))` (see [`crate::credential`]).
     pub fn rest(secret: &[u8], expires_unix: u64, user: &str) -> Self {
-        let username = format!("{expires_unix}:{user}");
-        let password = rest_password(secret, &username);
+        let username = credential::rest_username(expires_unix, user);
+        let password = credential::rest_password(secret, &username);
         Credentials { username, password }
     }
 
@@ -222,36 +223,6 @@ impl Credentials {
     pub fn username(&self) -> &str {
         &self.username
     }
-}
-
-/// The TURN REST API password of `username`: `base64(HMAC-SHA1(secret, username))`.
-pub fn rest_password(secret: &[u8], username: &str) -> String {
-    // HMAC takes keys of any length, so this cannot fail.
-    let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(username.as_bytes());
-    base64(&mac.finalize().into_bytes())
-}
-
-/// Standard base64 with padding (RFC 4648 §4).
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                s.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
 }
 
 // ---------------------------------------------------------------------------- long-term auth
@@ -272,13 +243,55 @@ pub enum Challenge {
     NotAChallenge,
 }
 
+/// A password algorithm (RFC 8489 §18.5): how the long-term key is derived from
+/// username:realm:password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PasswordAlgorithm {
+    /// MD5, the only algorithm of RFC 5389 (and of servers that offer none).
+    Md5,
+    /// SHA-256 (RFC 8489).
+    Sha256,
+}
+
+impl PasswordAlgorithm {
+    /// The algorithm number on the wire.
+    pub const fn number(self) -> u16 {
+        match self {
+            PasswordAlgorithm::Md5 => PASSWORD_ALGORITHM_MD5,
+            PasswordAlgorithm::Sha256 => PASSWORD_ALGORITHM_SHA256,
+        }
+    }
+}
+
+/// The long-term key of either password algorithm.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Md5([u8; 16]),
+    Sha256([u8; 32]),
+}
+
+impl Key {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Md5(k) => k,
+            Key::Sha256(k) => k,
+        }
+    }
+}
+
 /// The long-term credential mechanism (RFC 8489 §9.2) from the client's side.
 ///
 /// Holds the credentials, and after a challenge the REALM, NONCE and key that sign every later
-/// request: USERNAME, REALM, NONCE, (PASSWORD-ALGORITHMS and PASSWORD-ALGORITHM when the server
-/// offered algorithms), then MESSAGE-INTEGRITY (HMAC-SHA1 keyed with
-/// MD5(username:realm:password)). Signing takes `&self`, so one holder can sign any number of
-/// requests; only a challenge changes it.
+/// request: USERNAME, REALM, NONCE, then MESSAGE-INTEGRITY (HMAC-SHA1 keyed with
+/// MD5(username:realm:password)), as RFC 5389 servers such as coturn expect.
+///
+/// When the challenge carries PASSWORD-ALGORITHMS (an RFC 8489 server), the client takes the
+/// first algorithm of that list it implements (SHA-256 or MD5), echoes the list with
+/// PASSWORD-ALGORITHMS, names its choice in PASSWORD-ALGORITHM, and signs with
+/// MESSAGE-INTEGRITY-SHA256 instead (RFC 8489 §9.2.4).
+///
+/// Signing takes `&self`, so one holder can sign any number of requests; only a challenge
+/// changes it.
 #[derive(Clone)]
 pub struct LongTermAuth {
     credentials: Credentials,
@@ -286,7 +299,8 @@ pub struct LongTermAuth {
     nonce: String,
     /// The raw PASSWORD-ALGORITHMS value offered by the server, echoed in signed requests.
     algorithms: Vec<u8>,
-    key: Option<[u8; 16]>,
+    algorithm: PasswordAlgorithm,
+    key: Option<Key>,
 }
 
 impl fmt::Debug for LongTermAuth {
@@ -295,6 +309,7 @@ impl fmt::Debug for LongTermAuth {
             .field("credentials", &self.credentials)
             .field("realm", &self.realm)
             .field("nonce", &self.nonce)
+            .field("algorithm", &self.algorithm)
             .field("challenged", &self.key.is_some())
             .finish()
     }
@@ -309,6 +324,7 @@ impl LongTermAuth {
             realm: String::new(),
             nonce: String::new(),
             algorithms: Vec::new(),
+            algorithm: PasswordAlgorithm::Md5,
             key: None,
         }
     }
@@ -333,9 +349,20 @@ impl LongTermAuth {
         self.key.map(|_| self.nonce.as_str())
     }
 
-    /// The long-term key MD5(username:realm:password), once challenged.
-    pub fn key(&self) -> Option<&[u8; 16]> {
-        self.key.as_ref()
+    /// The password algorithm in use (MD5 unless the server offered PASSWORD-ALGORITHMS).
+    pub fn password_algorithm(&self) -> PasswordAlgorithm {
+        self.algorithm
+    }
+
+    /// Whether requests are signed with MESSAGE-INTEGRITY-SHA256 (the server offered
+    /// PASSWORD-ALGORITHMS) rather than MESSAGE-INTEGRITY.
+    pub fn uses_sha256_integrity(&self) -> bool {
+        !self.algorithms.is_empty()
+    }
+
+    /// The long-term key (16 bytes for MD5, 32 for SHA-256), once challenged.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_ref().map(Key::as_bytes)
     }
 
     /// Reads an error response to a request that was sent `signed` (what
@@ -362,16 +389,28 @@ impl LongTermAuth {
         }
         .to_owned();
         let algorithms = response.password_algorithms.unwrap_or(&[]);
-        if !algorithms.is_empty() && !offers_md5(algorithms) {
-            return Challenge::UnsupportedAlgorithm;
-        }
-        if self.key.is_none() || realm != self.realm {
-            self.key = Some(integrity::long_term_key(
-                &self.credentials.username,
-                &realm,
-                &self.credentials.password,
-            ));
+        let algorithm = if algorithms.is_empty() {
+            PasswordAlgorithm::Md5
+        } else {
+            match first_supported(algorithms) {
+                Some(a) => a,
+                None => return Challenge::UnsupportedAlgorithm,
+            }
+        };
+        if self.key.is_none() || realm != self.realm || algorithm != self.algorithm {
+            let c = &self.credentials;
+            self.key = Some(match algorithm {
+                PasswordAlgorithm::Md5 => {
+                    Key::Md5(integrity::long_term_key(&c.username, &realm, &c.password))
+                }
+                PasswordAlgorithm::Sha256 => Key::Sha256(integrity::long_term_key_sha256(
+                    &c.username,
+                    &realm,
+                    &c.password,
+                )),
+            });
             self.realm = realm;
+            self.algorithm = algorithm;
         }
         self.nonce.clear();
         self.nonce.push_str(nonce);
@@ -384,19 +423,23 @@ impl LongTermAuth {
         }
     }
 
-    /// Verifies the MESSAGE-INTEGRITY of a response with the long-term key.
-    /// `Err(IntegrityError::Missing)` when the response has none, or this holder was never
-    /// challenged (there is no key to check it with).
+    /// Verifies the integrity of a response with the long-term key: its
+    /// MESSAGE-INTEGRITY-SHA256 if it has one, else its MESSAGE-INTEGRITY.
+    /// `Err(IntegrityError::Missing)` when it has neither, or this holder was never challenged
+    /// (there is no key to check it with).
     pub fn verify(&self, response: &Response<'_>) -> Result<(), IntegrityError> {
         match &self.key {
-            Some(key) => integrity::verify(&response.view, key),
+            Some(key) if response.integrity_sha256 => {
+                integrity::verify_sha256(&response.view, key.as_bytes())
+            }
+            Some(key) => integrity::verify(&response.view, key.as_bytes()),
             None => Err(IntegrityError::Missing),
         }
     }
 
-    /// Appends USERNAME, REALM, NONCE, the password-algorithm attributes and MESSAGE-INTEGRITY
-    /// to the message that starts at `start` in `out`. Returns false (and writes nothing)
-    /// before the first challenge.
+    /// Appends USERNAME, REALM, NONCE, the password-algorithm attributes and
+    /// MESSAGE-INTEGRITY (or MESSAGE-INTEGRITY-SHA256) to the message that starts at `start` in
+    /// `out`. Returns false (and writes nothing) before the first challenge.
     pub fn sign(&self, out: &mut Vec<u8>, start: usize) -> bool {
         let Some(key) = &self.key else {
             return false;
@@ -404,31 +447,32 @@ impl LongTermAuth {
         write_attr(out, attr::USERNAME, self.credentials.username.as_bytes());
         write_attr(out, attr::REALM, self.realm.as_bytes());
         write_attr(out, attr::NONCE, self.nonce.as_bytes());
-        if !self.algorithms.is_empty() {
+        if self.algorithms.is_empty() {
+            integrity::append(out, start, key.as_bytes());
+        } else {
             write_attr(out, attr::PASSWORD_ALGORITHMS, &self.algorithms);
             let mut chosen = [0u8; 4];
-            chosen[..2].copy_from_slice(&PASSWORD_ALGORITHM_MD5.to_be_bytes());
+            chosen[..2].copy_from_slice(&self.algorithm.number().to_be_bytes());
             write_attr(out, attr::PASSWORD_ALGORITHM, &chosen);
+            integrity::append_sha256(out, start, key.as_bytes());
         }
-        integrity::append(out, start, key);
         true
     }
 }
 
-/// Whether a PASSWORD-ALGORITHMS value lists MD5.
-fn offers_md5(mut list: &[u8]) -> bool {
+/// The first algorithm of a PASSWORD-ALGORITHMS value that this client implements.
+fn first_supported(mut list: &[u8]) -> Option<PasswordAlgorithm> {
     while list.len() >= 4 {
         let alg = u16::from_be_bytes([list[0], list[1]]);
         let len = usize::from(u16::from_be_bytes([list[2], list[3]]));
-        if alg == PASSWORD_ALGORITHM_MD5 {
-            return true;
+        match alg {
+            PASSWORD_ALGORITHM_MD5 => return Some(PasswordAlgorithm::Md5),
+            PASSWORD_ALGORITHM_SHA256 => return Some(PasswordAlgorithm::Sha256),
+            _ => {}
         }
-        let Some(rest) = list.get(4 + ((len + 3) & !3)..) else {
-            return false;
-        };
-        list = rest;
+        list = list.get(4 + ((len + 3) & !3)..)?;
     }
-    false
+    None
 }
 
 // ---------------------------------------------------------------------------------- builders
@@ -671,6 +715,8 @@ pub struct Response<'a> {
     pub software: Option<&'a str>,
     /// MESSAGE-INTEGRITY is present (check it with [`LongTermAuth::verify`]).
     pub integrity: bool,
+    /// MESSAGE-INTEGRITY-SHA256 is present (check it with [`LongTermAuth::verify`]).
+    pub integrity_sha256: bool,
     /// A valid FINGERPRINT ended the message.
     pub fingerprint: bool,
 }
@@ -765,6 +811,7 @@ pub fn parse_response(bytes: &[u8]) -> Result<Response<'_>, DecodeError> {
         address_error: None,
         software: None,
         integrity: false,
+        integrity_sha256: false,
         fingerprint: view.fingerprint,
         view,
     };
@@ -888,7 +935,8 @@ pub fn parse_channel_data(bytes: &[u8]) -> Result<ChannelData<'_>, DecodeError> 
     if n & 0xC000 != 0x4000 {
         return Err(DecodeError::NotTurn);
     }
-    let channel = ChannelNumber::new(n).ok_or(DecodeError::BadChannelNumber(n))?;
+    // The first two bits are 01, so the number is in 0x4000–0x7FFF.
+    let channel = ChannelNumber::new(n).ok_or(DecodeError::NotTurn)?;
     let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
     let rest = &bytes[CHANNEL_DATA_HEADER_LEN..];
     if rest.len() < len || rest.len() - len > 3 {

@@ -47,6 +47,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const FAIR_BATCHES: usize = 8;
 /// Commands a shard queues from TCP/TLS connections before refusing more.
 pub const COMMAND_QUEUE: usize = 4096;
+/// Commands served per wake-up of a shard.
+const COMMAND_BATCH: usize = 256;
 
 const WAKER: Token = Token(usize::MAX - 1);
 /// Tokens below this are listening sockets; relay sockets are `RELAY_BASE + RelayId::index`.
@@ -731,11 +733,10 @@ impl Shard {
         }
     }
 
-    /// Serves the messages of TCP/TLS clients.
+    /// Serves the messages of TCP/TLS clients, at most [`COMMAND_BATCH`] per wake-up so UDP
+    /// traffic is not starved.
     fn commands(&mut self, now_t: Now, out: &mut Vec<u8>) {
-        // Bounded per wake-up so UDP traffic is not starved; the rest waits for the next round
-        // (the waker stays armed because more commands wake it again).
-        for _ in 0..COMMAND_QUEUE {
+        for _ in 0..COMMAND_BATCH {
             let cmd = match self.rx.try_recv() {
                 Ok(c) => c,
                 Err(_) => return,
@@ -800,7 +801,8 @@ impl Shard {
                 }
             }
         }
-        // More may be queued: make sure the loop comes back.
+        // The batch was full, so more may be queued: make sure the loop comes back to them
+        // after serving the sockets.
         let _ = self.waker.wake();
     }
 }

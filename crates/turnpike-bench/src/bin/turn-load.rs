@@ -59,6 +59,8 @@ const RTO_NS: u64 = 300_000_000;
 const RTO_MAX_NS: u64 = 2_000_000_000;
 /// Sends of one request before the transaction fails (about 8 s in all).
 const MAX_TRIES: u32 = 6;
+/// New sockets tried by one allocation after 437 Allocation Mismatch during setup.
+const MAX_REOPEN: u8 = 3;
 /// Challenge rounds (401/438) answered for one request before giving up.
 const MAX_AUTH_ROUNDS: u8 = 3;
 /// How often requests are checked for retransmission and data slots for expiry.
@@ -215,6 +217,9 @@ struct Slot {
 struct Alloc {
     sock: Socket,
     fd: RawFd,
+    bind_ip: IpAddr,
+    /// Sockets replaced after a 437 during setup.
+    reopened: u8,
     auth: LongTermAuth,
     phase: Phase,
     txn: Option<Txn>,
@@ -318,6 +323,8 @@ struct Load {
     next_unstarted: usize,
     active_setups: usize,
     last_timer_ns: u64,
+    /// Alloc mode: source addresses used so far.
+    ip_counter: u32,
     measuring: bool,
     sending: bool,
     timeout_ns: u64,
@@ -433,6 +440,58 @@ impl Load {
         }
     }
 
+    /// Replaces allocation `a`'s socket by a new one (a new 5-tuple), bound to `ip` (or the
+    /// same address as before), registered under the same token.
+    fn reopen(&mut self, a: usize, ip: Option<IpAddr>) -> Result<()> {
+        let al = &mut self.allocs[a];
+        let ip = ip.unwrap_or(al.bind_ip);
+        let sock = open_client(ip, self.args.server)?;
+        let fd = sock.as_raw_fd();
+        let registry = self.poll.registry();
+        // Deregistering a socket that is about to be closed cannot meaningfully fail.
+        let _ = registry.deregister(&mut SourceFd(&al.fd));
+        registry
+            .register(&mut SourceFd(&fd), Token(a + 1), Interest::READABLE)
+            .context("registering a client socket with epoll")?;
+        al.sock = sock;
+        al.fd = fd;
+        al.bind_ip = ip;
+        al.relayed = None;
+        Ok(())
+    }
+
+    /// Alloc mode: the next cycle of socket `a`, from a new 5-tuple (servers may keep a
+    /// deleted allocation's 5-tuple for a while: coturn until its next 1 s timer tick). The
+    /// nonce is kept, so a server with per-5-tuple nonces answers 438 first.
+    fn next_cycle(&mut self, a: usize) {
+        let ip = self.next_client_ip();
+        match self.reopen(a, ip) {
+            Ok(()) => self.send_request(a, Kind::Allocate, 0),
+            Err(e) => {
+                let msg = format!("opening a client socket: {e:#}");
+                self.fatal.get_or_insert(msg.clone());
+                self.fail(a, msg);
+            }
+        }
+    }
+
+    /// Alloc mode with an IPv4 loopback server: a new source address in 127.1.0.0/16 and up
+    /// for every cycle (all of 127/8 is loopback on Linux), so that no 5-tuple repeats for
+    /// millions of cycles.
+    fn next_client_ip(&mut self) -> Option<IpAddr> {
+        if !matches!(self.args.server.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
+            return None;
+        }
+        loop {
+            self.ip_counter = self.ip_counter.wrapping_add(1);
+            let c = self.ip_counter % (254 << 16);
+            let [_, hi, mid, lo] = c.to_be_bytes();
+            if lo != 0 && lo != 255 {
+                return Some(IpAddr::V4(Ipv4Addr::new(127, 1 + hi, mid, lo)));
+            }
+        }
+    }
+
     /// Starts setting up allocations while fewer than `--setup-window` are in progress.
     fn start_pending(&mut self) {
         while self.active_setups < self.args.setup_window as usize
@@ -516,10 +575,13 @@ impl Load {
                 self.fail(a, msg);
             }
             Challenge::Retry => {
-                if code == 438 {
-                    self.stats.stale_nonce += 1;
-                } else {
-                    self.stats.challenges += 1;
+                // Alloc mode counts what happens in the measured period only.
+                if self.measuring || self.args.mode != Mode::Alloc {
+                    if code == 438 {
+                        self.stats.stale_nonce += 1;
+                    } else {
+                        self.stats.challenges += 1;
+                    }
                 }
                 if txn.auth_rounds >= MAX_AUTH_ROUNDS {
                     let msg = format!(
@@ -606,7 +668,7 @@ impl Load {
                         if self.measuring {
                             self.stats.cycles += 1;
                         }
-                        self.send_request(a, Kind::Allocate, 0);
+                        self.next_cycle(a);
                     }
                     _ => self.allocs[a].phase = Phase::Deleted,
                 }
@@ -621,7 +683,8 @@ impl Load {
                 *self.stats.errors_by_code.entry(code).or_insert(0) += 1;
             }
             match (txn.kind, code) {
-                (Kind::Allocate, 437) => self.allocs[a].phase = Phase::Backoff(now + 20_000_000),
+                // The 5-tuple still has an allocation (a server may delete lazily): move on.
+                (Kind::Allocate, 437) => self.next_cycle(a),
                 // The allocation is already gone.
                 (Kind::Delete, 437) => self.send_request(a, Kind::Allocate, 0),
                 _ => self.allocs[a].phase = Phase::Backoff(now + ERROR_BACKOFF_NS),
@@ -631,6 +694,17 @@ impl Load {
         if txn.kind == Kind::Delete {
             // Deleting at the end: whatever the answer, it is over.
             self.allocs[a].phase = Phase::Deleted;
+            return;
+        }
+        if txn.kind == Kind::Allocate && code == 437 && self.allocs[a].reopened < MAX_REOPEN {
+            // This 5-tuple still has an allocation on the server, e.g. from an earlier run on
+            // the same ephemeral port that the server has not deleted yet: use another port.
+            self.allocs[a].reopened += 1;
+            if let Err(e) = self.reopen(a, None) {
+                self.fail(a, format!("reopening a client socket: {e:#}"));
+                return;
+            }
+            self.send_request(a, Kind::Allocate, 0);
             return;
         }
         let msg = format!("{} failed on {server}: {code} {reason}", txn.kind.name());
@@ -1003,8 +1077,9 @@ impl Load {
     }
 
     /// Warmup, measured period and drain of relay or alloc mode. Returns the measured
-    /// seconds and the server CPU ticks during them.
-    fn run_load(&mut self) -> Result<(f64, Option<u64>, &'static str)> {
+    /// seconds, the server CPU ticks and this process's CPU time during them, and why it
+    /// stopped.
+    fn run_load(&mut self) -> Result<(f64, Option<u64>, Duration, &'static str)> {
         let warmup_ns = (self.args.warmup * 1e9) as u64;
         let measure_ns = (self.args.duration * 1e9) as u64;
         let t0 = self.now();
@@ -1020,6 +1095,7 @@ impl Load {
             }
         }
         let mut ticks0 = None;
+        let mut cpu0 = Duration::ZERO;
         let mut m0 = 0;
         let mut stopped_by = "duration";
         loop {
@@ -1027,6 +1103,7 @@ impl Load {
             if !self.measuring && now >= t0 + warmup_ns {
                 self.measuring = true;
                 m0 = now;
+                cpu0 = sys::process_cpu_time();
                 ticks0 = self
                     .args
                     .server_pid
@@ -1052,6 +1129,7 @@ impl Load {
             self.pump(Duration::from_millis(1))?;
         }
         let m1 = self.now();
+        let cpu = sys::process_cpu_time().saturating_sub(cpu0);
         let ticks1 = self
             .args
             .server_pid
@@ -1082,19 +1160,25 @@ impl Load {
         } else {
             0.0
         };
-        Ok((secs, server_ticks, stopped_by))
+        Ok((secs, server_ticks, cpu, stopped_by))
     }
 
-    /// Holds the allocations (refreshing them) for `--duration` or until a signal.
-    fn run_hold(&mut self) -> Result<&'static str> {
-        let end = self.now() + (self.args.duration * 1e9) as u64;
+    /// Holds the allocations (refreshing them) for `--duration` or until a signal; returns
+    /// the seconds held, this process's CPU time meanwhile, and why it stopped.
+    fn run_hold(&mut self) -> Result<(f64, Duration, &'static str)> {
+        let t0 = self.now();
+        let cpu0 = sys::process_cpu_time();
+        let end = t0 + (self.args.duration * 1e9) as u64;
+        let mut why = "duration";
         while self.now() < end {
             if sys::stop_requested() {
-                return Ok("signal");
+                why = "signal";
+                break;
             }
             self.pump(Duration::from_millis(50))?;
         }
-        Ok("duration")
+        let secs = (self.now() - t0) as f64 / 1e9;
+        Ok((secs, sys::process_cpu_time().saturating_sub(cpu0), why))
     }
 
     /// Deletes every allocation (Refresh with LIFETIME 0), waiting at most 2 s.
@@ -1170,6 +1254,7 @@ struct Report {
     server_cpu_pct: Option<f64>,
     /// Server CPU per round trip (relay) or per allocation (alloc), in microseconds.
     server_cpu_us_per_op: Option<f64>,
+    /// This process's CPU use during the measured (or held) period, % of one core.
     client_cpu_pct: f64,
     stopped_by: &'static str,
     errors: BTreeMap<String, u64>,
@@ -1337,6 +1422,8 @@ fn real_main() -> Result<ExitCode> {
         allocs.push(Alloc {
             sock,
             fd,
+            bind_ip: bind,
+            reopened: 0,
             auth: LongTermAuth::new(credentials(i)),
             phase: Phase::Idle,
             txn: None,
@@ -1353,8 +1440,6 @@ fn real_main() -> Result<ExitCode> {
         });
     }
 
-    let cpu0 = sys::process_cpu_time();
-    let wall0 = Instant::now();
     let timeout_ns = (args.timeout * 1e9) as u64;
     let mut load = Load {
         have_credentials,
@@ -1374,6 +1459,7 @@ fn real_main() -> Result<ExitCode> {
         next_unstarted: 0,
         active_setups: 0,
         last_timer_ns: 0,
+        ip_counter: 0,
         measuring: false,
         sending: false,
         timeout_ns,
@@ -1401,7 +1487,7 @@ fn real_main() -> Result<ExitCode> {
             bail!("no allocation could be set up: {why}");
         }
     }
-    let (measured_s, server_ticks, stopped_by) = match mode {
+    let (measured_s, server_ticks, client_cpu, stopped_by) = match mode {
         Mode::Relay | Mode::Alloc => load.run_load()?,
         Mode::Hold => {
             eprintln!("turn-load: ready: {} allocations held", load.ready_count());
@@ -1409,12 +1495,11 @@ fn real_main() -> Result<ExitCode> {
                 std::fs::write(path, format!("{}\n", load.ready_count()))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            (load.args.duration, None, load.run_hold()?)
+            let (secs, cpu, why) = load.run_hold()?;
+            (secs, None, cpu, why)
         }
     };
     let deleted = load.cleanup()?;
-    let cpu = sys::process_cpu_time().saturating_sub(cpu0);
-    let wall = wall0.elapsed();
 
     let st = &load.stats;
     let a = &load.args;
@@ -1491,7 +1576,11 @@ fn real_main() -> Result<ExitCode> {
         server_cpu_us_per_op: server_cpu_s
             .filter(|_| ops > 0)
             .map(|s| (s * 1e7 / ops as f64).round() / 10.0),
-        client_cpu_pct: (cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9) * 1000.0).round() / 10.0,
+        client_cpu_pct: if measured_s > 0.0 {
+            (client_cpu.as_secs_f64() / measured_s * 1000.0).round() / 10.0
+        } else {
+            0.0
+        },
         stopped_by,
         errors: load.errors.clone(),
     };
