@@ -20,6 +20,7 @@ use stun_codec::rfc8656::attributes::{
     AdditionalAddressFamily, AddressFamily as CodecFamily, RequestedAddressFamily,
 };
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
+use turnpike_proto::credential::rest_password;
 use turnpike_proto::fast::{write_attr, write_header, write_xor_addr_attr};
 use turnpike_proto::integrity::{self, IntegrityError};
 use turnpike_proto::turn_client::*;
@@ -308,10 +309,9 @@ fn send_indication_and_channel_data() {
         parse_channel_data(&[0x40, 0, 0, 1, 1, 0, 0, 0, 0]),
         Err(DecodeError::ChannelDataLength)
     );
-    assert_eq!(
-        parse_channel_data(&[0x50, 0, 0, 0]),
-        Err(DecodeError::BadChannelNumber(0x5000))
-    );
+    // RFC 5766 channel numbers (0x5000–0x7FFF) are accepted too.
+    let cd = parse_channel_data(&[0x7F, 0xFF, 0, 0]).unwrap();
+    assert_eq!(cd.channel, ChannelNumber::MAX);
     assert_eq!(
         parse_channel_data(&[0x00, 1, 0, 0]),
         Err(DecodeError::NotTurn)
@@ -321,8 +321,12 @@ fn send_indication_and_channel_data() {
         DecodeError::NotTurn
     );
     assert_eq!(ChannelNumber::new(0x3FFF), None);
-    assert_eq!(ChannelNumber::new(0x5000), None);
-    assert_eq!(ChannelNumber::new(0x4FFF), Some(ChannelNumber::MAX));
+    assert_eq!(ChannelNumber::new(0x8000), None);
+    assert_eq!(ChannelNumber::new(0x4FFF), Some(ChannelNumber::RFC8656_MAX));
+    assert_eq!(
+        ChannelNumber::new(0x5000).map(ChannelNumber::get),
+        Some(0x5000)
+    );
 }
 
 #[test]
@@ -436,8 +440,10 @@ fn challenge_sequence_401_rejected_438() {
     assert_eq!(auth.nonce(), Some("nonce-1"));
     assert_eq!(
         auth.key(),
-        Some(&integrity::long_term_key(USER, REALM, PASS))
+        Some(&integrity::long_term_key(USER, REALM, PASS)[..])
     );
+    assert_eq!(auth.password_algorithm(), PasswordAlgorithm::Md5);
+    assert!(!auth.uses_sha256_integrity());
 
     // A 401 to the signed request: wrong credentials.
     assert_eq!(auth.handle_challenge(&r, true), Challenge::Rejected);
@@ -505,30 +511,96 @@ fn error_401_with_algorithms(algorithms: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The attributes of a message as (type, value) pairs.
+fn attributes(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    turnpike_proto::MessageView::parse(bytes)
+        .unwrap()
+        .attributes()
+        .map(|(t, v)| (t, v.to_vec()))
+        .collect()
+}
+
+fn find(attrs: &[(u16, Vec<u8>)], t: u16) -> Option<&[u8]> {
+    attrs.iter().find(|(a, _)| *a == t).map(|(_, v)| &v[..])
+}
+
 #[test]
-fn password_algorithms_are_echoed_with_md5_chosen() {
-    // SHA-256 first (with no parameters), then MD5.
+fn password_algorithms_first_supported_is_chosen_and_sha256_integrity_used() {
+    // SHA-256 first (with no parameters), then MD5: SHA-256 is chosen.
     let offer = [0, 2, 0, 0, 0, 1, 0, 0];
     let e = error_401_with_algorithms(&offer);
     let r = parse_response(&e).unwrap();
     assert_eq!(r.password_algorithms, Some(&offer[..]));
     let mut auth = LongTermAuth::new(Credentials::new(USER, PASS));
     assert_eq!(auth.handle_challenge(&r, false), Challenge::Retry);
+    assert_eq!(auth.password_algorithm(), PasswordAlgorithm::Sha256);
+    assert!(auth.uses_sha256_integrity());
+    let sha_key = integrity::long_term_key_sha256(USER, REALM, PASS);
+    assert_eq!(auth.key(), Some(&sha_key[..]));
     let mut out = Vec::new();
     Request::Allocate(Allocate::default())
         .encode(&mut out, &TID, Some(&auth), true)
         .unwrap();
+    let attrs = attributes(&out);
+    assert_eq!(find(&attrs, attr::PASSWORD_ALGORITHMS), Some(&offer[..]));
+    assert_eq!(
+        find(&attrs, attr::PASSWORD_ALGORITHM),
+        Some(&[0, 2, 0, 0][..])
+    );
+    assert_eq!(find(&attrs, attr::MESSAGE_INTEGRITY), None);
+    assert!(find(&attrs, attr::MESSAGE_INTEGRITY_SHA256).is_some());
     let view = turnpike_proto::MessageView::parse(&out).unwrap();
-    let attrs: Vec<(u16, &[u8])> = view.attributes().collect();
-    let find = |t| attrs.iter().find(|(a, _)| *a == t).map(|(_, v)| *v);
-    assert_eq!(find(attr::PASSWORD_ALGORITHMS), Some(&offer[..]));
-    assert_eq!(find(attr::PASSWORD_ALGORITHM), Some(&[0, 1, 0, 0][..]));
-    integrity::verify(&view, auth.key().unwrap()).unwrap();
+    assert!(view.fingerprint);
+    integrity::verify_sha256(&view, &sha_key).unwrap();
 
-    let only_sha256 = error_401_with_algorithms(&[0, 2, 0, 0]);
+    // A success signed with MESSAGE-INTEGRITY-SHA256 verifies; a tampered one does not.
+    let mut ok = Vec::new();
+    write_header(&mut ok, method::ALLOCATE, Class::Success, &TID);
+    write_xor_addr_attr(
+        &mut ok,
+        attr::XOR_RELAYED_ADDRESS,
+        addr("192.0.2.1:5000"),
+        &TID,
+    );
+    integrity::append_sha256(&mut ok, 0, &sha_key);
+    let r = parse_response(&ok).unwrap();
+    assert!(r.integrity_sha256 && !r.integrity);
+    assert_eq!(auth.verify(&r), Ok(()));
+    let mut bad = ok.clone();
+    bad[27] ^= 1; // inside XOR-RELAYED-ADDRESS
+    assert_eq!(
+        auth.verify(&parse_response(&bad).unwrap()),
+        Err(IntegrityError::Mismatch)
+    );
+
+    // Only MD5 offered: the MD5 key, still with MESSAGE-INTEGRITY-SHA256.
+    let md5_only = error_401_with_algorithms(&[0, 1, 0, 0]);
+    let mut md5 = LongTermAuth::new(Credentials::new(USER, PASS));
+    assert_eq!(
+        md5.handle_challenge(&parse_response(&md5_only).unwrap(), false),
+        Challenge::Retry
+    );
+    assert_eq!(md5.password_algorithm(), PasswordAlgorithm::Md5);
+    out.clear();
+    Request::Refresh {
+        lifetime: 0,
+        family: None,
+    }
+    .encode(&mut out, &TID, Some(&md5), false)
+    .unwrap();
+    let attrs = attributes(&out);
+    assert_eq!(
+        find(&attrs, attr::PASSWORD_ALGORITHM),
+        Some(&[0, 1, 0, 0][..])
+    );
+    let view = turnpike_proto::MessageView::parse(&out).unwrap();
+    integrity::verify_sha256(&view, &integrity::long_term_key(USER, REALM, PASS)).unwrap();
+
+    // Nothing this client implements.
+    let unknown = error_401_with_algorithms(&[0, 3, 0, 0]);
     let mut fresh = LongTermAuth::new(Credentials::new(USER, PASS));
     assert_eq!(
-        fresh.handle_challenge(&parse_response(&only_sha256).unwrap(), false),
+        fresh.handle_challenge(&parse_response(&unknown).unwrap(), false),
         Challenge::UnsupportedAlgorithm
     );
     assert!(!fresh.is_challenged());
@@ -695,17 +767,14 @@ fn poke(bytes: &[u8]) {
     let _ = parse_data_indication(bytes);
     let _ = parse_channel_data(bytes);
     let _ = channel_data_frame_len(bytes);
-    if let Ok(r) = parse_incoming(bytes) {
-        if let Incoming::Response(r) = r {
-            let mut auth = LongTermAuth::new(Credentials::new("u", "p"));
-            for signed in [false, true] {
-                let _ = auth.handle_challenge(&r, signed);
-                let _ = auth.verify(&r);
-            }
-            let mut out = Vec::new();
-            let _ =
-                Request::Allocate(Allocate::default()).encode(&mut out, &TID, Some(&auth), true);
+    if let Ok(Incoming::Response(r)) = parse_incoming(bytes) {
+        let mut auth = LongTermAuth::new(Credentials::new("u", "p"));
+        for signed in [false, true] {
+            let _ = auth.handle_challenge(&r, signed);
+            let _ = auth.verify(&r);
         }
+        let mut out = Vec::new();
+        let _ = Request::Allocate(Allocate::default()).encode(&mut out, &TID, Some(&auth), true);
     }
 }
 
@@ -747,7 +816,7 @@ proptest! {
 
     #[test]
     fn channel_data_round_trips(
-        n in 0x4000u16..=0x4FFF,
+        n in 0x4000u16..=0x7FFF,
         payload in proptest::collection::vec(any::<u8>(), 0..300),
         pad in any::<bool>(),
     ) {

@@ -5,8 +5,25 @@
 //! [`Hub::poll_output`] returns (send a text frame, close a socket). Time comes in as
 //! [`Now`] (monotonic for windows, unix seconds for tokens and credentials); randomness as a
 //! seed. Every map and queue is bounded by [`HubConfig`].
+//!
+//! # Timers
+//!
+//! Two kinds of deadline exist: the keepalive of each connection (its last received message
+//! plus [`HubConfig::keepalive_timeout`]) and the resume window of each detached session (the
+//! drop plus [`HubConfig::resume_window`]). They live in one ordered set of
+//! `(deadline, key)`, so [`Hub::poll_timeout`] is its first entry and [`Hub::handle_timeout`]
+//! only visits entries that are due: O(log n) per timer event, however many connections are
+//! open.
+//!
+//! A message does not touch the set (it only records `last_rx`), so a busy connection costs
+//! nothing per message. Its entry keeps the deadline it was given and, when it comes due, is
+//! moved to the real deadline if the connection was active in the meantime — the way a timer
+//! wheel re-arms. Each connection and each detached session therefore owns exactly one entry
+//! ([`Hub::timer_entries`]); entries are removed when their connection closes or their
+//! session resumes or ends. The price is that [`Hub::poll_timeout`] may be earlier than the
+//! next real expiry (never later): calling [`Hub::handle_timeout`] then only re-arms.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -134,6 +151,10 @@ struct Bucket {
 }
 
 struct Conn {
+    /// The deadline of this connection's entry in [`Hub::timers`] (at or before
+    /// `last_rx + keepalive_timeout`); `None` if it has none (a timeout too large to
+    /// represent).
+    timer_at: Option<Instant>,
     ip: IpAddr,
     /// The host name the client used to reach the hub (for `{host}` in ICE URLs).
     host: Option<String>,
@@ -154,9 +175,21 @@ struct Session {
     dropped_up_to: u64,
 }
 
+/// What a timer entry is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    /// The keepalive of a connection.
+    Conn(ConnId),
+    /// The resume window of a detached session (by session id).
+    Session(String),
+}
+
 /// The hub. See the module documentation.
 pub struct Hub {
     config: HubConfig,
+    /// Every pending deadline, earliest first: one entry per connection (keepalive, possibly
+    /// stale-early) and one per detached session (resume window).
+    timers: BTreeSet<(Instant, TimerKey)>,
     conns: HashMap<ConnId, Conn>,
     per_ip: HashMap<IpAddr, usize>,
     sessions: HashMap<String, Session>,
@@ -178,6 +211,7 @@ impl Hub {
     pub fn new(config: HubConfig, seed: u64) -> Self {
         Hub {
             config,
+            timers: BTreeSet::new(),
             conns: HashMap::new(),
             per_ip: HashMap::new(),
             sessions: HashMap::new(),
@@ -202,6 +236,17 @@ impl Hub {
     /// resume window).
     pub fn gauges(&self) -> (usize, usize, usize) {
         (self.conns.len(), self.rooms.len(), self.sessions.len())
+    }
+
+    /// Pending timer entries: one per open connection and one per detached session, however
+    /// many messages arrive (see the module documentation).
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// When the resume window of a session detached at `at` ends.
+    fn session_deadline(&self, at: Instant) -> Option<Instant> {
+        at.checked_add(self.config.resume_window)
     }
 
     fn random_hex(&mut self, bytes: usize) -> String {
@@ -245,9 +290,14 @@ impl Hub {
         }
         self.per_ip.insert(ip, n + 1);
         let burst = f64::from(self.config.message_burst.max(1));
-        self.conns.insert(
+        let timer_at = now.mono.checked_add(self.config.keepalive_timeout);
+        if let Some(at) = timer_at {
+            self.timers.insert((at, TimerKey::Conn(conn)));
+        }
+        let old = self.conns.insert(
             conn,
             Conn {
+                timer_at,
                 ip,
                 host,
                 session: None,
@@ -259,6 +309,13 @@ impl Hub {
                 strikes: 0,
             },
         );
+        // An adapter that reuses a live id replaces that connection; drop its timer entry
+        // unless it is the one just inserted.
+        if let Some(at) = old.and_then(|o| o.timer_at) {
+            if Some(at) != timer_at {
+                self.timers.remove(&(at, TimerKey::Conn(conn)));
+            }
+        }
         Ok(())
     }
 
@@ -268,6 +325,9 @@ impl Hub {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if let Some(at) = c.timer_at {
+            self.timers.remove(&(at, TimerKey::Conn(conn)));
+        }
         if let Some(n) = self.per_ip.get_mut(&c.ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -275,10 +335,14 @@ impl Hub {
             }
         }
         if let Some(sid) = c.session {
+            let deadline = self.session_deadline(now.mono);
             if let Some(s) = self.sessions.get_mut(&sid) {
                 if s.conn == Some(conn) {
                     s.conn = None;
                     s.detached_at = Some(now.mono);
+                    if let Some(at) = deadline {
+                        self.timers.insert((at, TimerKey::Session(sid)));
+                    }
                 }
             }
         }
@@ -373,38 +437,58 @@ impl Hub {
         );
     }
 
-    /// Expires resume windows and idle connections.
+    /// Expires resume windows and idle connections whose deadline is at or before `now`.
+    ///
+    /// Visits only the due entries of the timer set, in deadline order (ties by connection,
+    /// then session id); an entry made stale by later activity is re-armed at the real
+    /// deadline. Each entry is visited at most once per call, since re-armed ones are due
+    /// after `now`.
     pub fn handle_timeout(&mut self, now: Now) {
-        let idle: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                now.mono.saturating_duration_since(c.last_rx) >= self.config.keepalive_timeout
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for conn in idle {
-            self.stats.closed_by_hub += 1;
-            self.out.push_back(Output::Close {
-                conn,
-                code: 1001,
-                reason: "keepalive timeout",
-            });
-            self.handle_disconnect(now, conn);
-        }
-        let expired: Vec<String> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| {
-                s.detached_at.is_some_and(|d| {
-                    now.mono.saturating_duration_since(d) >= self.config.resume_window
-                })
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for sid in expired {
-            self.stats.expired_sessions += 1;
-            self.end_session(&sid);
+        while let Some((at, _)) = self.timers.first() {
+            if *at > now.mono {
+                break;
+            }
+            // A `first` entry exists, so `pop_first` returns it.
+            let Some((_, key)) = self.timers.pop_first() else {
+                break;
+            };
+            match key {
+                TimerKey::Conn(conn) => {
+                    let keepalive = self.config.keepalive_timeout;
+                    let Some(c) = self.conns.get_mut(&conn) else {
+                        continue;
+                    };
+                    c.timer_at = None;
+                    match c.last_rx.checked_add(keepalive) {
+                        Some(due) if due <= now.mono => {
+                            self.stats.closed_by_hub += 1;
+                            self.out.push_back(Output::Close {
+                                conn,
+                                code: 1001,
+                                reason: "keepalive timeout",
+                            });
+                            self.handle_disconnect(now, conn);
+                        }
+                        Some(due) => {
+                            // Active since the entry was made: re-arm at the real deadline.
+                            c.timer_at = Some(due);
+                            self.timers.insert((due, TimerKey::Conn(conn)));
+                        }
+                        None => {}
+                    }
+                }
+                TimerKey::Session(sid) => {
+                    let due = self
+                        .sessions
+                        .get(&sid)
+                        .and_then(|s| s.detached_at)
+                        .and_then(|d| self.session_deadline(d));
+                    if due.is_some_and(|d| d <= now.mono) {
+                        self.stats.expired_sessions += 1;
+                        self.end_session(&sid);
+                    }
+                }
+            }
         }
     }
 
@@ -414,18 +498,13 @@ impl Hub {
         self.out.pop_front()
     }
 
-    /// When [`Hub::handle_timeout`] should next run.
+    /// When [`Hub::handle_timeout`] should next run: the earliest timer entry, O(log n).
+    ///
+    /// Never later than the next expiry, but possibly earlier (a connection that was active
+    /// since its entry was made); running [`Hub::handle_timeout`] then only re-arms entries.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let conns = self
-            .conns
-            .values()
-            .map(|c| c.last_rx + self.config.keepalive_timeout);
-        let sessions = self
-            .sessions
-            .values()
-            .filter_map(|s| s.detached_at.map(|d| d + self.config.resume_window));
-        conns.chain(sessions).min()
+        self.timers.first().map(|(at, _)| *at)
     }
 
     /// Sends `msg` to the session of `conn` (with seq) or, before a join, directly.
@@ -685,6 +764,9 @@ impl Hub {
         let Some(s) = self.sessions.remove(sid) else {
             return;
         };
+        if let Some(at) = s.detached_at.and_then(|d| self.session_deadline(d)) {
+            self.timers.remove(&(at, TimerKey::Session(sid.to_owned())));
+        }
         if let Some(c) = s.conn.and_then(|c| self.conns.get_mut(&c)) {
             c.session = None;
         }
@@ -736,7 +818,7 @@ impl Hub {
                 }
             }
         }
-        s.detached_at = None;
+        let detached = s.detached_at.take();
         let complete = last_seq >= s.dropped_up_to;
         let replay: Vec<String> = s
             .replay
@@ -744,6 +826,10 @@ impl Hub {
             .filter(|(seq, _)| *seq > last_seq)
             .map(|(_, t)| t.clone())
             .collect();
+        if let Some(at) = detached.and_then(|d| self.session_deadline(d)) {
+            self.timers
+                .remove(&(at, TimerKey::Session(session.to_owned())));
+        }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(session.to_owned());
         }

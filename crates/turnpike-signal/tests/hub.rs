@@ -1,5 +1,6 @@
 //! The hub core on virtual time: presence, relay, resume, every limit and error, JWT.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -501,4 +502,432 @@ fn jwt_join() {
         (json!("welcome"), json!("alice")),
         "the token's peer id is used"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timers: a driver that jumps virtual time from one wake-up to the next, as the adapter does.
+
+/// What [`drive`] saw: each output with the instant it was produced, and the wake-ups.
+struct Driven {
+    outputs: Vec<(Instant, Output)>,
+    wakes: usize,
+}
+
+impl Driven {
+    /// Connections closed for idleness, with the time since `start`.
+    fn keepalive_closes(&self, start: Instant) -> Vec<(ConnId, Duration)> {
+        self.outputs
+            .iter()
+            .filter_map(|(at, o)| match o {
+                Output::Close {
+                    conn, code: 1001, ..
+                } => Some((*conn, *at - start)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Runs `t` up to `until`: at each instant `poll_timeout` names (if not later than `until`)
+/// virtual time jumps there and `handle_timeout` runs; then time moves to `until`. Bounded:
+/// fails after 1,000,000 wake-ups.
+fn drive(t: &mut T, until: Instant) -> Driven {
+    let mut d = Driven {
+        outputs: Vec::new(),
+        wakes: 0,
+    };
+    while let Some(wake) = t.hub.poll_timeout() {
+        if wake > until {
+            break;
+        }
+        assert!(wake >= t.now, "poll_timeout went back in time");
+        assert!(d.wakes < 1_000_000, "the timer loop does not settle");
+        d.wakes += 1;
+        t.unix += (wake - t.now).as_secs();
+        t.now = wake;
+        let n = t.now();
+        t.hub.handle_timeout(n);
+        while let Some(o) = t.hub.poll_output() {
+            d.outputs.push((wake, o));
+        }
+    }
+    t.unix += (until - t.now).as_secs();
+    t.now = until;
+    d
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn staggered_keepalives_expire_at_their_instants() {
+    const N: u64 = 300;
+    let mut t = T::new(HubConfig {
+        keepalive_timeout: Duration::from_secs(10),
+        max_connections_per_ip: 1000,
+        ..cfg()
+    });
+    let start = t.now;
+    for i in 0..N {
+        t.connect(i);
+    }
+    // Connection i was last active at L(i) (0 for every seventh: connect only), with an
+    // earlier message at L(i)/2 as well.
+    let last = |i: u64| if i % 7 == 0 { 0 } else { (i * 23) % 7000 };
+    let mut events: Vec<(u64, u64)> = (0..N)
+        .filter(|&i| last(i) > 0)
+        .flat_map(|i| [(last(i) / 2, i), (last(i), i)])
+        .collect();
+    events.sort_unstable();
+    let mut closes = Vec::new();
+    let mut wakes = 0;
+    for (at, i) in events {
+        let d = drive(&mut t, start + ms(at));
+        closes.extend(d.keepalive_closes(start));
+        wakes += d.wakes;
+        t.send(ConnId(i), json!({"type": "ping"}));
+        t.drain();
+    }
+    let d = drive(&mut t, start + Duration::from_secs(60));
+    closes.extend(d.keepalive_closes(start));
+    wakes += d.wakes;
+    closes.sort_unstable();
+    let want: Vec<(ConnId, Duration)> = (0..N)
+        .map(|i| (ConnId(i), ms(last(i)) + Duration::from_secs(10)))
+        .collect();
+    assert_eq!(
+        closes, want,
+        "each connection closes exactly once, keepalive after its last message"
+    );
+    assert!(
+        wakes <= 2 * N as usize,
+        "at most one early wake-up per connection: {wakes}"
+    );
+    assert_eq!(t.hub.timer_entries(), 0);
+    assert_eq!(t.hub.gauges(), (0, 0, 0));
+    assert_eq!(t.hub.poll_timeout(), None);
+}
+
+#[test]
+fn staggered_resume_windows_expire_at_their_instants() {
+    const N: u64 = 40;
+    let mut t = T::new(HubConfig {
+        keepalive_timeout: Duration::from_secs(3600),
+        max_peers_per_room: 64,
+        ..cfg()
+    });
+    let start = t.now;
+    let watcher = t.connect(1000);
+    t.join(watcher, "r", "watcher");
+    let mut sessions = Vec::new();
+    for i in 0..N {
+        let c = t.connect(i);
+        let w = t.join(c, "r", &format!("p{i}"));
+        sessions.push(w["session"].as_str().unwrap().to_owned());
+    }
+    t.drain();
+    // Peer i drops at i * 250 ms; peer 5 resumes 10 s later on a new connection.
+    let mut left = Vec::new();
+    for i in 0..N {
+        let d = drive(&mut t, start + ms(i * 250));
+        left.extend(d.outputs);
+        let n = t.now();
+        t.hub.handle_disconnect(n, ConnId(i));
+    }
+    assert_eq!(t.hub.timer_entries(), 1 + N as usize, "watcher + detached");
+    left.extend(drive(&mut t, start + ms(5 * 250 + 10_000)).outputs);
+    let again = t.connect(2000);
+    t.send(
+        again,
+        json!({"type": "resume", "session": sessions[5], "last_seq": 0}),
+    );
+    assert_eq!(t.msgs(again)[0]["type"], "resumed");
+    assert_eq!(
+        t.hub.timer_entries(),
+        1 + N as usize,
+        "one session reattached"
+    );
+    left.extend(drive(&mut t, start + Duration::from_secs(120)).outputs);
+    let got: Vec<(String, Duration)> = left
+        .into_iter()
+        .filter_map(|(at, o)| match o {
+            Output::Send { conn, text } if conn == watcher => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                (v["type"] == "peer-left")
+                    .then(|| (v["peer_id"].as_str().unwrap().to_owned(), at - start))
+            }
+            _ => None,
+        })
+        .collect();
+    let want: Vec<(String, Duration)> = (0..N)
+        .filter(|&i| i != 5)
+        .map(|i| (format!("p{i}"), ms(i * 250) + Duration::from_secs(30)))
+        .collect();
+    assert_eq!(
+        got, want,
+        "peer-left exactly a resume window after each drop"
+    );
+    assert_eq!(t.hub.stats().expired_sessions, N - 1);
+    assert_eq!(
+        t.hub.timer_entries(),
+        2,
+        "watcher and the resumed connection"
+    );
+}
+
+#[test]
+fn a_connection_that_keeps_sending_never_expires() {
+    let mut t = T::new(HubConfig {
+        keepalive_timeout: Duration::from_secs(10),
+        ..cfg()
+    });
+    let start = t.now;
+    let busy = t.connect(1);
+    let idle = t.connect(2);
+    let mut closes = Vec::new();
+    let mut wakes = 0;
+    // One ping every 9.9 s for an hour of virtual time.
+    for k in 1..=363u64 {
+        let d = drive(&mut t, start + ms(k * 9_900));
+        closes.extend(d.keepalive_closes(start));
+        wakes += d.wakes;
+        t.send(busy, json!({"type": "ping"}));
+        assert_eq!(t.msgs(busy)[0]["type"], "pong");
+        assert_eq!(t.hub.timer_entries(), if k == 1 { 2 } else { 1 });
+    }
+    assert_eq!(closes, vec![(idle, Duration::from_secs(10))]);
+    assert!(
+        wakes <= 364,
+        "about one wake-up per keepalive period: {wakes}"
+    );
+    // Once it stops, it expires one keepalive after its last message.
+    let d = drive(&mut t, start + Duration::from_secs(4000));
+    assert_eq!(
+        d.keepalive_closes(start),
+        vec![(busy, ms(363 * 9_900) + Duration::from_secs(10))]
+    );
+}
+
+#[test]
+fn timer_entries_stay_bounded_under_a_message_flood() {
+    let (mut t, a, b, _) = alice_and_bob(HubConfig {
+        messages_per_second: 10_000,
+        message_burst: 10_000,
+        keepalive_timeout: Duration::from_secs(5),
+        ..cfg()
+    });
+    let start = t.now;
+    assert_eq!(t.hub.timer_entries(), 2);
+    // 20,000 candidates from alice, one every 500 µs (10 s, two keepalive periods), and a
+    // ping from bob with every 1,000th.
+    for k in 1..=20_000u32 {
+        let d = drive(&mut t, start + Duration::from_micros(500) * k);
+        assert!(d.outputs.is_empty(), "nobody is idle: {:?}", d.outputs);
+        let cand = json!({"candidate": format!("candidate:{k}"), "sdpMid": "0"});
+        t.send(
+            a,
+            json!({"type": "candidate", "to": "bob", "candidate": cand}),
+        );
+        if k % 1000 == 0 {
+            t.send(b, json!({"type": "ping"}));
+        }
+        while t.hub.poll_output().is_some() {}
+        assert_eq!(t.hub.timer_entries(), 2, "one entry per connection");
+    }
+    assert_eq!(t.hub.stats().messages[3], 20_000);
+    // Churn: connections that join and drop add one entry per live session, no more.
+    for i in 0..1000u64 {
+        let c = t.connect(100 + i);
+        t.join(c, &format!("room{i}"), "x");
+        let n = t.now();
+        t.hub.handle_disconnect(n, c);
+        assert_eq!(t.hub.timer_entries(), 3 + i as usize);
+    }
+    let until = t.now + Duration::from_secs(31);
+    let d = drive(&mut t, until);
+    assert_eq!(d.keepalive_closes(start).len(), 2, "alice and bob go idle");
+    assert_eq!(
+        t.hub.timer_entries(),
+        2,
+        "alice's and bob's detached sessions"
+    );
+    let until = t.now + Duration::from_secs(31);
+    drive(&mut t, until);
+    assert_eq!(t.hub.timer_entries(), 0);
+    assert_eq!(t.hub.gauges(), (0, 0, 0));
+}
+
+/// A small deterministic generator (xorshift64*), so the model test needs no RNG crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random connects, pings, joins, leaves, drops and resumes on virtual time, checked against a
+/// naive model: every connection closes exactly at its last message plus the keepalive, every
+/// detached session ends exactly at its drop plus the resume window, and the timer set holds
+/// one entry per connection and per detached session.
+#[test]
+fn timers_match_a_naive_model() {
+    const KEEPALIVE: Duration = Duration::from_secs(10);
+    const WINDOW: Duration = Duration::from_secs(7);
+    for seed in [1u64, 7, 1234, 99_991] {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut t = T::new(HubConfig {
+            keepalive_timeout: KEEPALIVE,
+            resume_window: WINDOW,
+            max_connections_per_ip: 100_000,
+            messages_per_second: 10_000,
+            message_burst: 10_000,
+            ..cfg()
+        });
+        // conn -> (last message, session if joined)
+        let mut conns: BTreeMap<u64, (Instant, Option<String>)> = BTreeMap::new();
+        // detached session -> when it was dropped
+        let mut detached: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut next_id = 0u64;
+        for step in 0..4000 {
+            match rng.below(10) {
+                0..=2 => {
+                    let until = t.now + ms(rng.below(3000));
+                    // Step the model through every hub wake-up.
+                    let d = drive_checked(&mut t, until, &mut conns, &mut detached);
+                    assert!(d <= 10_000);
+                }
+                3 => {
+                    next_id += 1;
+                    t.connect(next_id);
+                    conns.insert(next_id, (t.now, None));
+                }
+                4 | 5 => {
+                    if let Some(id) = pick(&mut rng, conns.keys().copied()) {
+                        t.send(ConnId(id), json!({"type": "ping"}));
+                        assert_eq!(t.msgs(ConnId(id))[0]["type"], "pong");
+                        conns.get_mut(&id).unwrap().0 = t.now;
+                    }
+                }
+                6 => {
+                    let free = conns.iter().filter(|(_, c)| c.1.is_none()).map(|(k, _)| *k);
+                    if let Some(id) = pick(&mut rng, free) {
+                        let w = t.join(ConnId(id), &format!("r{id}"), "p");
+                        let c = conns.get_mut(&id).unwrap();
+                        *c = (t.now, Some(w["session"].as_str().unwrap().to_owned()));
+                    }
+                }
+                7 => {
+                    if let Some(id) = pick(&mut rng, conns.keys().copied()) {
+                        let n = t.now();
+                        t.hub.handle_disconnect(n, ConnId(id));
+                        if let Some(sid) = conns.remove(&id).unwrap().1 {
+                            detached.insert(sid, t.now);
+                        }
+                    }
+                }
+                8 => {
+                    if let Some(sid) = pick(&mut rng, detached.keys().cloned()) {
+                        next_id += 1;
+                        let c = t.connect(next_id);
+                        t.send(c, json!({"type": "resume", "session": sid, "last_seq": 0}));
+                        assert_eq!(t.msgs(c)[0]["type"], "resumed");
+                        detached.remove(&sid);
+                        conns.insert(next_id, (t.now, Some(sid)));
+                    }
+                }
+                _ => {
+                    let joined = conns.iter().filter(|(_, c)| c.1.is_some()).map(|(k, _)| *k);
+                    if let Some(id) = pick(&mut rng, joined) {
+                        t.send(ConnId(id), json!({"type": "leave"}));
+                        t.drain();
+                        *conns.get_mut(&id).unwrap() = (t.now, None);
+                    }
+                }
+            }
+            let sessions = conns.values().filter(|c| c.1.is_some()).count() + detached.len();
+            assert_eq!(
+                (t.hub.gauges().0, t.hub.gauges().2),
+                (conns.len(), sessions),
+                "seed {seed} step {step}"
+            );
+            assert_eq!(
+                t.hub.timer_entries(),
+                conns.len() + detached.len(),
+                "seed {seed} step {step}"
+            );
+        }
+        let until = t.now + Duration::from_secs(60);
+        drive_checked(&mut t, until, &mut conns, &mut detached);
+        assert!(conns.is_empty() && detached.is_empty());
+        assert_eq!(t.hub.timer_entries(), 0);
+        let st = t.hub.stats();
+        assert!(
+            st.closed_by_hub > 50 && st.expired_sessions > 20 && st.resumes > 50,
+            "the run exercises every timer path: {st:?}"
+        );
+    }
+
+    /// [`drive`], checking each wake-up against the model; returns the wake-ups.
+    fn drive_checked(
+        t: &mut T,
+        until: Instant,
+        conns: &mut BTreeMap<u64, (Instant, Option<String>)>,
+        detached: &mut BTreeMap<String, Instant>,
+    ) -> usize {
+        let d = drive(t, until);
+        let mut by_wake: BTreeMap<Instant, Vec<u64>> = BTreeMap::new();
+        for (at, o) in &d.outputs {
+            if let Output::Close { conn, code, .. } = o {
+                assert_eq!(*code, 1001);
+                by_wake.entry(*at).or_default().push(conn.0);
+            }
+        }
+        // Every model deadline up to `until`, in order, must have been a wake-up at which the
+        // hub closed exactly the connections due then.
+        loop {
+            let next_conn = conns.values().map(|c| c.0 + KEEPALIVE).min();
+            let next_sess = detached.values().map(|d| *d + WINDOW).min();
+            let Some(at) = next_conn.into_iter().chain(next_sess).min() else {
+                break;
+            };
+            if at > until {
+                break;
+            }
+            let due: Vec<u64> = conns
+                .iter()
+                .filter(|(_, c)| c.0 + KEEPALIVE == at)
+                .map(|(k, _)| *k)
+                .collect();
+            let mut closed = by_wake.remove(&at).unwrap_or_default();
+            closed.sort_unstable();
+            assert_eq!(closed, due, "closes at the deadline, not later");
+            for id in due {
+                if let Some(sid) = conns.remove(&id).unwrap().1 {
+                    detached.insert(sid, at);
+                }
+            }
+            detached.retain(|_, d| *d + WINDOW > at);
+        }
+        assert!(
+            by_wake.is_empty(),
+            "closes the model did not expect: {by_wake:?}"
+        );
+        d.wakes
+    }
+
+    fn pick<I: Iterator<Item = K>, K>(rng: &mut Rng, it: I) -> Option<K> {
+        let v: Vec<K> = it.collect();
+        (!v.is_empty()).then(|| {
+            let i = rng.below(v.len() as u64) as usize;
+            v.into_iter().nth(i).unwrap()
+        })
+    }
 }

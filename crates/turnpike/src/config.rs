@@ -1245,6 +1245,111 @@ mod tests {
     }
 
     #[test]
+    fn turn_settings_are_checked_and_resolved() {
+        let bad = |f: fn(&mut Settings), needle: &str| {
+            let mut s = Settings::default();
+            s.listen = vec!["127.0.0.1:3478".parse().unwrap()];
+            f(&mut s);
+            let e = match s.server_config() {
+                Ok(_) => panic!("accepted; expected an error mentioning {needle}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(needle), "{e} should mention {needle}");
+        };
+        bad(|s| s.user = vec!["alice".into()], "NAME:PASSWORD");
+        bad(|s| s.user = vec![":pw".into()], "must not be empty");
+        bad(
+            |s| s.user = vec!["bob:0xzz000000000000000000000000000000".into()],
+            "32 hex digits",
+        );
+        bad(|s| s.auth_secret = vec!["short".into()], "at least 8");
+        bad(|s| s.realm = String::new(), "--realm");
+        bad(
+            |s| s.relay_ip = vec!["0.0.0.0".parse().unwrap()],
+            "wildcard",
+        );
+        bad(
+            |s| s.relay_ip = vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
+            "at most one",
+        );
+        bad(|s| s.relay_ports = PortRange(80, 90), "1024");
+        bad(|s| s.max_channels = 0, "--max-channels");
+        bad(|s| s.cert = Some("c.pem".into()), "both --cert and --key");
+        bad(
+            |s| s.tls_listen = vec!["127.0.0.1:5349".parse().unwrap()],
+            "needs --cert",
+        );
+        bad(
+            |s| s.external_ip = vec!["203.0.113.1/10.9.9.9".parse().unwrap()],
+            "not the relay IP",
+        );
+        bad(
+            |s| s.external_ip = vec!["2001:db8::1".parse().unwrap()],
+            "no relay IP of that family",
+        );
+        assert!("1-0".parse::<PortRange>().is_err());
+        assert!("49152-65535".parse::<PortRange>().is_ok());
+        assert!("1.2.3.4/::1".parse::<ExternalIp>().is_err());
+
+        // Defaults: the relay binds to the listen IP; TURN URLs and a secret reach the hub.
+        let mut s = Settings::default();
+        s.listen = vec!["127.0.0.1:3478".parse().unwrap()];
+        s.external_ip = vec!["203.0.113.9".parse().unwrap()];
+        s.user = vec![
+            "alice:pw".into(),
+            "bob:0x0123456789abcdef0123456789abcdef".into(),
+        ];
+        let c = s.server_config().unwrap();
+        let turn = c.turn.expect("TURN on");
+        let r = turn.config.relay_v4.unwrap();
+        assert_eq!(r.bind, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(r.advertised, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert!(turn.config.credentials.has_users());
+        assert!(
+            turn.config.credentials.has_secrets(),
+            "a random secret for the hub"
+        );
+        assert_eq!(turn.ports, (49152, 65535));
+        let ice = &c.signal.hub.ice;
+        assert_eq!(
+            ice.turn_urls,
+            [
+                "turn:{host}:3478?transport=udp",
+                "turn:{host}:3478?transport=tcp"
+            ]
+        );
+        assert!(ice.secret.is_some());
+        assert!(c.tls.is_none());
+
+        // TLS defaults to port 5349 on each listen IP and adds a turns: URL.
+        let mut s = Settings::default();
+        s.listen = vec!["127.0.0.1:3478".parse().unwrap()];
+        s.cert = Some("c.pem".into());
+        s.key = Some("k.pem".into());
+        let c = s.server_config().unwrap();
+        assert_eq!(
+            c.tls.unwrap().listen,
+            ["127.0.0.1:5349".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(
+            c.signal
+                .hub
+                .ice
+                .turn_urls
+                .contains(&"turns:{host}:5349?transport=tcp".to_owned())
+        );
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let mut s = Settings::default();
+        s.user = vec!["alice:hunter22".into()];
+        s.auth_secret = vec!["super-secret-value".into()];
+        let text = s.to_toml().unwrap();
+        assert!(!text.contains("hunter22") && !text.contains("super-secret-value"));
+    }
+
+    #[test]
     fn endpoint_parses_off_and_addresses() {
         assert_eq!("off".parse::<Endpoint>().unwrap(), Endpoint::Off);
         assert_eq!(

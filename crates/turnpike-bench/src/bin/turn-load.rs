@@ -605,8 +605,9 @@ impl Load {
                 self.fail(a, msg);
             }
             Challenge::UnsupportedAlgorithm => {
-                let msg =
-                    format!("{server} offers no password algorithm this client implements (MD5)");
+                let msg = format!(
+                    "{server} offers no password algorithm this client implements (MD5, SHA-256)"
+                );
                 self.fatal.get_or_insert(msg.clone());
                 self.fail(a, msg);
             }
