@@ -1245,6 +1245,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::field_reassign_with_default)] // each case changes a few fields of the defaults
     fn turn_settings_are_checked_and_resolved() {
         let bad = |f: fn(&mut Settings), needle: &str| {
             let mut s = Settings::default();
@@ -1341,6 +1342,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::field_reassign_with_default)] // each case changes a few fields of the defaults
     fn secrets_are_never_printed() {
         let mut s = Settings::default();
         s.user = vec!["alice:hunter22".into()];
