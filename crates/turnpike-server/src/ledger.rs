@@ -109,7 +109,7 @@ mod tests {
     #[test]
     fn quotas_are_enforced_and_released() {
         let ledger = SharedLedger::new(Quotas {
-            total: 3,
+            total: 10,
             per_user: 2,
             per_ip: 2,
         });
@@ -120,16 +120,27 @@ mod tests {
         h.acquire("u", b).unwrap();
         assert_eq!(h.acquire("u", b), Err(QuotaError::User));
         h.acquire("v", a).unwrap();
-        assert_eq!(h.acquire("w", b), Err(QuotaError::Total));
-        assert_eq!(ledger.allocations(), 3);
-        h.release("u", a);
         assert_eq!(h.acquire("w", a), Err(QuotaError::Ip));
-        h.acquire("w", b).unwrap();
-        for (u, ip) in [("u", b), ("v", a), ("w", b)] {
+        assert_eq!(ledger.allocations(), 3, "refusals leave no count behind");
+        h.release("u", a);
+        h.acquire("w", a).unwrap();
+        for (u, ip) in [("u", b), ("v", a), ("w", a)] {
             h.release(u, ip);
         }
         assert_eq!(ledger.allocations(), 0);
         assert!(ledger.users.is_empty() && ledger.ips.is_empty());
+
+        let ledger = SharedLedger::new(Quotas {
+            total: 2,
+            per_user: 0,
+            per_ip: 0,
+        });
+        let h = LedgerHandle(ledger.clone());
+        h.acquire("u", a).unwrap();
+        h.acquire("u", a).unwrap();
+        assert_eq!(h.acquire("v", b), Err(QuotaError::Total));
+        assert_eq!(ledger.allocations(), 2);
+        assert!(ledger.users.get("v").is_none());
     }
 
     #[test]

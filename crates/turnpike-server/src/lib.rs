@@ -20,6 +20,7 @@
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod rlimit;
 pub mod signal;
 pub mod tcp;
 pub mod udp;
@@ -164,6 +165,24 @@ impl Server {
         });
         let (tx, rx) = watch::channel(false);
         let addresses = config.stun_addresses();
+        // Each allocation holds a relay socket per family and each stream client a
+        // connection: make room for them, and say so when the host's limit is too low.
+        let needed = config
+            .turn
+            .as_ref()
+            .map_or(0, |t| 2 * t.quotas.total as u64)
+            + config.tcp_max_connections as u64
+            + 256;
+        match rlimit::raise_nofile() {
+            Ok(n) if n < needed => tracing::warn!(
+                open_files = n,
+                needed,
+                "the open-file limit is lower than the configured allocations and connections \
+                 need; raise it (LimitNOFILE= under systemd, ulimit -n) or lower --max-allocations"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+        }
 
         // Bind everything first, so any error stops start-up before anything runs.
         // TCP first: its bind has no SO_REUSEPORT, so another server on the same port is
