@@ -40,9 +40,9 @@
 //! forgery by someone who does not know the key, a forger gets one online guess per request
 //! (2^-96 each), and a nonce lives for minutes. Truncation keeps the whole nonce at 35 bytes.
 //!
-//! The key is random per process (the driver draws it at start); nodes that should accept each
-//! other's nonces can be given the same one. A restart costs each client at most one extra
-//! 438 round trip.
+//! The driver chooses the key: `turnpike serve` derives it from the first shared secret (or
+//! the random secret it makes when none is configured), so nodes sharing a secret accept each
+//! other's nonces. A key change costs each client at most one extra 438 round trip.
 //!
 //! A nonce is `"obMatJos2"` + 4 base64 characters of the 24 security feature bits + 22
 //! base64url characters of `[expiry: u32 big-endian][HMAC-SHA256(key, label ‖ expiry ‖ client
@@ -441,8 +441,8 @@ pub enum NonceCheck {
 }
 
 impl NonceKey {
-    /// A nonce key. The driver passes 32 random bytes at start; nodes that should accept each
-    /// other's nonces can share the same bytes.
+    /// A nonce key: 32 secret bytes chosen by the driver; nodes that should accept each
+    /// other's nonces share the same bytes.
     pub fn new(secret: [u8; 32]) -> Self {
         NonceKey { key: secret }
     }

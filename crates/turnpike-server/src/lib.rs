@@ -3,14 +3,15 @@
 //! [`Server::start`] binds every listener up front — so a port in use or a bad address fails
 //! start-up with a clear error instead of half a server — then runs:
 //!
-//! * **UDP** ([`udp`]): `udp_workers` workers, each with its own `SO_REUSEPORT` socket per
-//!   listening address, served by one blocking OS thread per socket with its own copy of the
-//!   STUN core (no async runtime on this path). The kernel spreads clients across workers by
-//!   4-tuple hash. Each thread receives with `recvmmsg`, answers a whole batch, and sends with
-//!   one `sendmmsg`; replies on wildcard sockets carry `IP_PKTINFO` so they leave from the
-//!   address the request arrived at.
-//! * **TCP** ([`tcp`]): STUN messages back to back on a stream (RFC 8489 §6.2.2), with a
-//!   connection cap, an idle timeout and a maximum message size.
+//! * **UDP** ([`udp`]): `udp_workers` shards, each an OS thread running an event loop over its
+//!   own `SO_REUSEPORT` socket per listening address and the relay sockets of its TURN
+//!   allocations, with its own STUN/TURN core (no async runtime and no lock on this path). The
+//!   kernel spreads clients across shards by 4-tuple hash. A shard receives with `recvmmsg`,
+//!   answers a whole batch, and sends with `sendmmsg`; replies on wildcard sockets carry
+//!   `IP_PKTINFO` so they leave from the address the request arrived at.
+//! * **TCP and TLS** ([`tcp`]): STUN and TURN messages back to back on a stream (RFC 8489
+//!   §6.2.2), with a connection cap, an idle timeout and a maximum message size; TURN frames
+//!   go to the shard that owns the connection's allocation.
 //! * **HTTP** ([`http`]): `/healthz` and `/readyz`; and Prometheus `/metrics` on its own
 //!   address ([`metrics`]).
 //!

@@ -1,9 +1,10 @@
 //! Prometheus counters for the STUN server, rendered in the text exposition format.
 //!
 //! Every label set is fixed and known up front, so counters are plain atomics in arrays: no
-//! locks, no maps, no allocation when counting. UDP workers count into a [`LocalCounters`]
-//! (plain integers) and [`LocalCounters::flush`] once per receive batch, so the hot path does not
-//! bounce cache lines between cores.
+//! locks, no maps, no allocation when counting. UDP shards count into a [`LocalCounters`]
+//! (plain integers) and [`LocalCounters::flush`] once per pass of their event loop, so the hot
+//! path does not bounce cache lines between cores. TURN counters are cumulative per shard and
+//! published as snapshots every 100 ms.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
