@@ -198,6 +198,9 @@ pub fn spawn_shards(
             core: turn.core,
             listeners,
             relays: RelayTable {
+                to_peers: SendBatch::new(BATCH, MAX_DATAGRAM),
+                to_peers_relay: None,
+                send_errors: 0,
                 registry,
                 sockets: Vec::new(),
                 reservations: reservations.clone(),
@@ -256,6 +259,10 @@ fn lock(r: &Reservations) -> std::sync::MutexGuard<'_, HashMap<u64, std::net::Ud
 }
 
 struct RelayTable {
+    /// Payloads for peers from one relay socket, sent together (see [`RelayTable::queue`]).
+    to_peers: SendBatch,
+    to_peers_relay: Option<RelayId>,
+    send_errors: u64,
     registry: mio::Registry,
     sockets: Vec<Option<UdpSocket>>,
     reservations: Reservations,
@@ -264,6 +271,42 @@ struct RelayTable {
 }
 
 impl RelayTable {
+    /// Queues a payload for a peer. Consecutive payloads from the same relay socket (a client
+    /// sending several datagrams in a row, the common case under load) leave with one
+    /// `sendmmsg`; the queue is flushed when the relay socket changes, when it is full, before
+    /// a relay socket closes, and at the end of every pass of the event loop.
+    fn queue(&mut self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {
+        if self.to_peers_relay != Some(relay) || self.to_peers.is_full() {
+            self.flush();
+            self.to_peers_relay = Some(relay);
+        }
+        if !self.to_peers.push(peer, None, payload) {
+            self.send_errors += 1;
+        }
+    }
+
+    /// Sends what [`RelayTable::queue`] holds.
+    fn flush(&mut self) {
+        let Some(relay) = self.to_peers_relay.take() else {
+            return;
+        };
+        let mut start = 0;
+        if let Some(Some(sock)) = self.sockets.get(relay.index()) {
+            while start < self.to_peers.len() {
+                match send_batch(sock, &self.to_peers, start) {
+                    Ok(p) => {
+                        self.send_errors += p.failed as u64;
+                        start = p.next;
+                    }
+                    // A full socket buffer or a dead socket: the rest is lost (counted).
+                    Err(_) => break,
+                }
+            }
+        }
+        self.send_errors += (self.to_peers.len() - start) as u64;
+        self.to_peers.clear();
+    }
+
     fn random(&mut self) -> u64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -373,6 +416,9 @@ impl RelaySockets for RelayTable {
     }
 
     fn close(&mut self, id: RelayId) {
+        if self.to_peers_relay == Some(id) {
+            self.flush();
+        }
         if let Some(slot) = self.sockets.get_mut(id.index())
             && let Some(mut sock) = slot.take()
         {
@@ -492,6 +538,7 @@ impl Shard {
                     flush(l, &self.shared);
                 }
             }
+            self.relays.flush();
             self.counters.flush(&self.shared.metrics);
             if last_publish.elapsed() >= POLL_INTERVAL {
                 self.publish();
@@ -504,6 +551,7 @@ impl Shard {
 
     fn publish(&mut self) {
         self.snapshot.stats = self.core.stats().clone();
+        self.snapshot.peer_send_errors = self.relays.send_errors;
         self.snapshot.allocations = self.core.allocations();
         let mut snaps = self
             .shared
@@ -552,13 +600,7 @@ impl Shard {
     }
 
     fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {
-        let sent = match self.relays.sockets.get(relay.index()) {
-            Some(Some(sock)) => sock.send_to(payload, peer).is_ok(),
-            _ => false,
-        };
-        if !sent {
-            self.snapshot.peer_send_errors += 1;
-        }
+        self.relays.queue(relay, peer, payload);
     }
 
     fn drain_listener(

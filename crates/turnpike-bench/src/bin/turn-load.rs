@@ -59,6 +59,8 @@ const RTO_NS: u64 = 300_000_000;
 const RTO_MAX_NS: u64 = 2_000_000_000;
 /// Sends of one request before the transaction fails (about 8 s in all).
 const MAX_TRIES: u32 = 6;
+/// Ports that alloc mode walks through (one per cycle) on each socket's own address.
+const CYCLE_PORTS: std::ops::RangeInclusive<u16> = 20000..=60999;
 /// New sockets tried by one allocation after 437 Allocation Mismatch during setup.
 const MAX_REOPEN: u8 = 3;
 /// Challenge rounds (401/438) answered for one request before giving up.
@@ -220,6 +222,8 @@ struct Alloc {
     bind_ip: IpAddr,
     /// Sockets replaced after a 437 during setup.
     reopened: u8,
+    /// Alloc mode: offset of the last port used in [`CYCLE_PORTS`].
+    next_port: u32,
     auth: LongTermAuth,
     phase: Phase,
     txn: Option<Txn>,
@@ -323,8 +327,6 @@ struct Load {
     next_unstarted: usize,
     active_setups: usize,
     last_timer_ns: u64,
-    /// Alloc mode: source addresses used so far.
-    ip_counter: u32,
     measuring: bool,
     sending: bool,
     timeout_ns: u64,
@@ -440,13 +442,12 @@ impl Load {
         }
     }
 
-    /// Replaces allocation `a`'s socket by a new one (a new 5-tuple), bound to `ip` (or the
-    /// same address as before), registered under the same token.
-    fn reopen(&mut self, a: usize, ip: Option<IpAddr>) -> Result<()> {
-        let al = &mut self.allocs[a];
-        let ip = ip.unwrap_or(al.bind_ip);
-        let sock = open_client(ip, self.args.server)?;
+    /// Replaces allocation `a`'s socket by a new one (a new 5-tuple) bound to `bind`,
+    /// registered under the same token.
+    fn reopen(&mut self, a: usize, bind: SocketAddr) -> Result<()> {
+        let sock = open_client(bind, self.args.server)?;
         let fd = sock.as_raw_fd();
+        let al = &mut self.allocs[a];
         let registry = self.poll.registry();
         // Deregistering a socket that is about to be closed cannot meaningfully fail.
         let _ = registry.deregister(&mut SourceFd(&al.fd));
@@ -455,17 +456,25 @@ impl Load {
             .context("registering a client socket with epoll")?;
         al.sock = sock;
         al.fd = fd;
-        al.bind_ip = ip;
         al.relayed = None;
         Ok(())
     }
 
-    /// Alloc mode: the next cycle of socket `a`, from a new 5-tuple (servers may keep a
-    /// deleted allocation's 5-tuple for a while: coturn until its next 1 s timer tick). The
-    /// nonce is kept, so a server with per-5-tuple nonces answers 438 first.
+    /// Alloc mode: the next cycle of socket `a`, from a new 5-tuple, because servers may keep
+    /// a deleted allocation's 5-tuple for a while (coturn until its next 1 s timer tick).
+    /// With an IPv4 loopback server each socket has its own source address (127.1.x.y) and
+    /// walks through ports [`CYCLE_PORTS`] in order, so a 5-tuple repeats only after tens of
+    /// thousands of cycles of that socket; the source IP stays the same, as it would for a
+    /// real client. The nonce is kept, so a server whose nonces are bound to the 5-tuple
+    /// answers 438 first (counted).
     fn next_cycle(&mut self, a: usize) {
-        let ip = self.next_client_ip();
-        match self.reopen(a, ip) {
+        let r = if self.allocs[a].bind_ip.is_loopback() && self.allocs[a].bind_ip.is_ipv4() {
+            self.reopen_next_port(a)
+        } else {
+            let ip = self.allocs[a].bind_ip;
+            self.reopen(a, SocketAddr::new(ip, 0))
+        };
+        match r {
             Ok(()) => self.send_request(a, Kind::Allocate, 0),
             Err(e) => {
                 let msg = format!("opening a client socket: {e:#}");
@@ -475,21 +484,21 @@ impl Load {
         }
     }
 
-    /// Alloc mode with an IPv4 loopback server: a new source address in 127.1.0.0/16 and up
-    /// for every cycle (all of 127/8 is loopback on Linux), so that no 5-tuple repeats for
-    /// millions of cycles.
-    fn next_client_ip(&mut self) -> Option<IpAddr> {
-        if !matches!(self.args.server.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
-            return None;
-        }
-        loop {
-            self.ip_counter = self.ip_counter.wrapping_add(1);
-            let c = self.ip_counter % (254 << 16);
-            let [_, hi, mid, lo] = c.to_be_bytes();
-            if lo != 0 && lo != 255 {
-                return Some(IpAddr::V4(Ipv4Addr::new(127, 1 + hi, mid, lo)));
+    /// Reopens socket `a` on the next free port of [`CYCLE_PORTS`] at its address.
+    fn reopen_next_port(&mut self, a: usize) -> Result<()> {
+        let span = u32::from(CYCLE_PORTS.end() - CYCLE_PORTS.start()) + 1;
+        let mut last = None;
+        for _ in 0..64 {
+            let al = &mut self.allocs[a];
+            al.next_port = (al.next_port + 1) % span;
+            let port = CYCLE_PORTS.start() + al.next_port as u16;
+            match self.reopen(a, SocketAddr::new(self.allocs[a].bind_ip, port)) {
+                Ok(()) => return Ok(()),
+                // Taken by something else: try the next one.
+                Err(e) => last = Some(e),
             }
         }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no free port")))
     }
 
     /// Starts setting up allocations while fewer than `--setup-window` are in progress.
@@ -701,7 +710,8 @@ impl Load {
             // This 5-tuple still has an allocation on the server, e.g. from an earlier run on
             // the same ephemeral port that the server has not deleted yet: use another port.
             self.allocs[a].reopened += 1;
-            if let Err(e) = self.reopen(a, None) {
+            let bind = SocketAddr::new(self.allocs[a].bind_ip, 0);
+            if let Err(e) = self.reopen(a, bind) {
                 self.fail(a, format!("reopening a client socket: {e:#}"));
                 return;
             }
@@ -1283,7 +1293,7 @@ fn clock_ticks_per_sec() -> f64 {
     100.0
 }
 
-fn open_client(bind: IpAddr, server: SocketAddr) -> Result<Socket> {
+fn open_client(bind: SocketAddr, server: SocketAddr) -> Result<Socket> {
     let sock = Socket::new(
         Domain::for_address(server),
         Type::DGRAM,
@@ -1298,8 +1308,8 @@ fn open_client(bind: IpAddr, server: SocketAddr) -> Result<Socket> {
     })?;
     let _ = sock.set_recv_buffer_size(256 << 10);
     let _ = sock.set_send_buffer_size(256 << 10);
-    sock.bind(&SocketAddr::new(bind, 0).into())
-        .with_context(|| format!("binding a client socket to {bind}:0"))?;
+    sock.bind(&bind.into())
+        .with_context(|| format!("binding a client socket to {bind}"))?;
     // Connected: the kernel filters other sources and reports ICMP port unreachable.
     sock.connect(&server.into())
         .with_context(|| format!("connecting a client socket to {server}"))?;
@@ -1410,8 +1420,23 @@ fn real_main() -> Result<ExitCode> {
         0
     };
     let mut allocs = Vec::with_capacity(args.allocations as usize);
+    let alloc_mode_v4 =
+        args.mode == Mode::Alloc && matches!(args.server.ip(), IpAddr::V4(ip) if ip.is_loopback());
     for i in 0..args.allocations {
-        let sock = open_client(bind, args.server)?;
+        // Alloc mode: one source address per socket (127.1.0.1, ...; all of 127/8 is
+        // loopback on Linux) whose ports it walks through, see `Load::next_cycle`.
+        let ip = if alloc_mode_v4 {
+            let j = i + 1;
+            IpAddr::V4(Ipv4Addr::new(
+                127,
+                1 + (j >> 16) as u8,
+                (j >> 8) as u8,
+                j as u8,
+            ))
+        } else {
+            bind
+        };
+        let sock = open_client(SocketAddr::new(ip, 0), args.server)?;
         let fd = sock.as_raw_fd();
         poll.registry()
             .register(
@@ -1423,8 +1448,9 @@ fn real_main() -> Result<ExitCode> {
         allocs.push(Alloc {
             sock,
             fd,
-            bind_ip: bind,
+            bind_ip: ip,
             reopened: 0,
+            next_port: i.wrapping_mul(7919) % u32::from(CYCLE_PORTS.end() - CYCLE_PORTS.start()),
             auth: LongTermAuth::new(credentials(i)),
             phase: Phase::Idle,
             txn: None,
@@ -1460,7 +1486,6 @@ fn real_main() -> Result<ExitCode> {
         next_unstarted: 0,
         active_setups: 0,
         last_timer_ns: 0,
-        ip_counter: 0,
         measuring: false,
         sending: false,
         timeout_ns,
