@@ -28,7 +28,14 @@ command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 command -v conntrack >/dev/null 2>&1 || need_pkgs+=(conntrack)
+# The TURN interop test (tests/loopback/turn.rs) runs coturn's turnutils_uclient.
+command -v turnutils_uclient >/dev/null 2>&1 || need_pkgs+=(coturn)
 apt_install "${need_pkgs[@]+"${need_pkgs[@]}"}"
+# Debian's coturn unit ignores TURNSERVER_ENABLED in /etc/default/coturn: under systemd the
+# package would start a TURN server on port 3478. The tests need only its client.
+if [[ " ${need_pkgs[*]-} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then
+  systemctl disable --now coturn.service >/dev/null 2>&1 || true
+fi
 
 [ "$(id -u)" -eq 0 ] || die "the NAT lab needs root (network namespaces, nftables); run tests/run.sh as root"
 ip netns add tp-runcheck 2>/dev/null && ip netns del tp-runcheck \

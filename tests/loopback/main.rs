@@ -6,6 +6,7 @@
 mod hub;
 mod server;
 mod stun;
+mod turn;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

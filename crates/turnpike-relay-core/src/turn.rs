@@ -952,8 +952,10 @@ impl TurnServer {
         from
     }
 
+    /// Whether `ip` is one of this server's own addresses, exactly as written: an IPv6 form
+    /// that embeds one of them (`::ffff:127.0.0.1`) is judged by the policy instead, which
+    /// denies it like any other embedding of a denied address.
     fn is_own_ip(&self, ip: IpAddr) -> bool {
-        let ip = normalize(ip);
         [self.config.relay_v4, self.config.relay_v6]
             .into_iter()
             .flatten()

@@ -49,6 +49,11 @@ fn decrement<K: std::hash::Hash + Eq + Clone>(map: &DashMap<K, usize>, key: &K) 
     });
 }
 
+/// Removes a key whose count is zero (an entry created by a request that was then refused).
+fn remove_if_zero<K: std::hash::Hash + Eq + Clone>(map: &DashMap<K, usize>, key: &K) {
+    map.remove_if(key, |_, n| *n == 0);
+}
+
 impl Ledger for LedgerHandle {
     fn acquire(&self, username: &str, client: IpAddr) -> Result<(), QuotaError> {
         let l = &self.0;
@@ -62,7 +67,8 @@ impl Ledger for LedgerHandle {
             let mut u = l.users.entry(username.into()).or_insert(0);
             if over(l.quotas.per_user, *u) {
                 drop(u);
-                decrement(&l.users, &Box::<str>::from(username));
+                // Only this request's own trace goes: an entry it created at zero.
+                remove_if_zero(&l.users, &Box::<str>::from(username));
                 l.total.fetch_sub(1, Ordering::AcqRel);
                 return Err(QuotaError::User);
             }
@@ -72,7 +78,8 @@ impl Ledger for LedgerHandle {
             let mut i = l.ips.entry(client).or_insert(0);
             if over(l.quotas.per_ip, *i) {
                 drop(i);
-                decrement(&l.ips, &client);
+                remove_if_zero(&l.ips, &client);
+                // Undo this request's user count.
                 decrement(&l.users, &Box::<str>::from(username));
                 l.total.fetch_sub(1, Ordering::AcqRel);
                 return Err(QuotaError::Ip);
@@ -121,6 +128,13 @@ mod tests {
         assert_eq!(h.acquire("u", b), Err(QuotaError::User));
         h.acquire("v", a).unwrap();
         assert_eq!(h.acquire("w", a), Err(QuotaError::Ip));
+        // Refusals change no count: the same requests are refused again.
+        assert_eq!(h.acquire("w", a), Err(QuotaError::Ip));
+        assert_eq!(h.acquire("u", b), Err(QuotaError::User));
+        assert_eq!(h.acquire("u", a), Err(QuotaError::User));
+        assert_eq!(*ledger.users.get("u").unwrap(), 2);
+        assert_eq!(*ledger.ips.get(&a).unwrap(), 2);
+        assert!(ledger.users.get("w").is_none());
         assert_eq!(ledger.allocations(), 3, "refusals leave no count behind");
         h.release("u", a);
         h.acquire("w", a).unwrap();
