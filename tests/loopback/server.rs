@@ -7,19 +7,50 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_turnpike");
 
-/// A port free for both UDP and TCP on `ip` (e.g. "127.0.0.1", "[::1]", "0.0.0.0"), and for
-/// port + 1 (the RFC 5780 alternate port).
+/// A port free for UDP and TCP on `ip`, and the next one too (RFC 5780 tests use port + 1),
+/// also on 127.0.0.2 when `ip` is 127.0.0.1 (RFC 5780 tests use both). It comes from below the
+/// kernel's ephemeral range when there is room: there no client socket of a parallel test can
+/// take it between this probe and the server's bind.
 pub fn free_port(ip: &str) -> u16 {
-    for _ in 0..100 {
-        let u = UdpSocket::bind(format!("{ip}:0")).expect("bind probe");
-        let port = u.local_addr().unwrap().port();
-        if port == u16::MAX {
-            continue;
-        }
-        let ok = TcpListener::bind(format!("{ip}:{port}")).is_ok()
-            && UdpSocket::bind(format!("{ip}:{}", port + 1)).is_ok()
-            && TcpListener::bind(format!("{ip}:{}", port + 1)).is_ok();
-        if ok {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(0);
+    let ips: Vec<&str> = if ip == "127.0.0.1" {
+        vec![ip, "127.0.0.2"]
+    } else {
+        vec![ip]
+    };
+    let free = |port: u16| {
+        ips.iter().all(|ip| {
+            [port, port + 1].iter().all(|p| {
+                UdpSocket::bind(format!("{ip}:{p}")).is_ok()
+                    && TcpListener::bind(format!("{ip}:{p}")).is_ok()
+            })
+        })
+    };
+    let mut x = (u64::from(std::process::id()) << 32)
+        ^ u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos(),
+        )
+        ^ N.fetch_add(0x9E37_79B9, Ordering::Relaxed);
+    for _ in 0..200 {
+        let port = if low > 12_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            10_000 + (x % u64::from(low - 10_002)) as u16
+        } else {
+            // No room below the ephemeral range: take one the kernel hands out.
+            let u = UdpSocket::bind(format!("{ip}:0")).expect("bind probe");
+            u.local_addr().unwrap().port()
+        };
+        if port < u16::MAX && free(port) {
             return port;
         }
     }

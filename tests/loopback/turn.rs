@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -60,46 +60,15 @@ struct Opts<'a> {
     extra: &'a [&'a str],
 }
 
-/// A port free for UDP and TCP on `ip`, below the kernel's ephemeral range when there is room:
-/// there no client socket of a parallel test can take it between this probe and the server's
-/// bind (which `free_port`, whose ports come from the ephemeral range, cannot promise).
-fn listen_port(ip: &str) -> u16 {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(0);
-    if low > 12_000 {
-        let mut x = u64::from(std::process::id()) << 32
-            ^ SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos() as u64
-            ^ N.fetch_add(0x9E37_79B9, Ordering::Relaxed);
-        for _ in 0..100 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let port = 10_000 + (x % u64::from(low - 10_000)) as u16;
-            if UdpSocket::bind(format!("{ip}:{port}")).is_ok()
-                && TcpListener::bind(format!("{ip}:{port}")).is_ok()
-            {
-                return port;
-            }
-        }
-    }
-    free_port(ip)
-}
-
 fn start(opts: Opts<'_>) -> Turn {
     let ip = opts.primary.unwrap_or("127.0.0.1");
-    let udp: SocketAddr = format!("{ip}:{}", listen_port(ip)).parse().unwrap();
+    let udp: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().unwrap();
     let udp6: Option<SocketAddr> = opts
         .v6
-        .then(|| format!("[::1]:{}", listen_port("[::1]")).parse().unwrap());
+        .then(|| format!("[::1]:{}", free_port("[::1]")).parse().unwrap());
     let certs = opts.tls.then(Certs::new);
     let tls: Option<SocketAddr> = opts.tls.then(|| {
-        format!("127.0.0.1:{}", listen_port("127.0.0.1"))
+        format!("127.0.0.1:{}", free_port("127.0.0.1"))
             .parse()
             .unwrap()
     });

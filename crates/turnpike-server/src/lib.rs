@@ -166,12 +166,9 @@ impl Server {
         });
         let (tx, rx) = watch::channel(false);
         let addresses = config.stun_addresses();
-        // Each allocation holds a relay socket per family and each stream client a
+        // Each allocation holds a relay socket (two when dual-stack) and each stream client a
         // connection: make room for them, and say so when the host's limit is too low.
-        let needed = config
-            .turn
-            .as_ref()
-            .map_or(0, |t| 2 * t.quotas.total as u64)
+        let needed = config.turn.as_ref().map_or(0, |t| t.quotas.total as u64)
             + config.tcp_max_connections as u64
             + 256;
         match rlimit::raise_nofile() {

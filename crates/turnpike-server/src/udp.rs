@@ -533,13 +533,14 @@ impl Shard {
             {
                 self.core.handle_timeout(now_t, &mut self.relays);
             }
+            // Counters first: a client that reads /metrics right after its reply sees it counted.
+            self.counters.flush(&self.shared.metrics);
             for l in &mut self.listeners {
                 if !l.send.is_empty() {
                     flush(l, &self.shared);
                 }
             }
             self.relays.flush();
-            self.counters.flush(&self.shared.metrics);
             if last_publish.elapsed() >= POLL_INTERVAL {
                 self.publish();
                 last_publish = Instant::now();
