@@ -1135,11 +1135,32 @@ impl TurnServer {
             }
         };
         let sha256 = a.message_integrity_sha256;
-        match self
+        let mut result = self
             .config
             .credentials
-            .authenticate(view, username, algorithm, sha256, now.unix)
-        {
+            .authenticate(view, username, algorithm, sha256, now.unix);
+        if result == Err(AuthError::Expired) && view.method != method::ALLOCATE {
+            // Shared-secret credentials expire for new allocations only: an allocation made
+            // with them may still be refreshed (and get permissions and channels) with the
+            // same credentials, so a call does not drop when its credentials' TTL passes.
+            let client = ClientKey {
+                transport: msg.transport,
+                local: msg.local,
+                remote: msg.remote,
+            };
+            let owns = self
+                .by_client
+                .get(&client)
+                .and_then(|&s| self.slots[s as usize].as_ref())
+                .is_some_and(|al| *al.username == *username);
+            if owns {
+                result = self
+                    .config
+                    .credentials
+                    .authenticate(view, username, algorithm, sha256, 0);
+            }
+        }
+        match result {
             Ok(key) => Ok((Authed { key, sha256 }, username.into())),
             Err(e) => {
                 self.auth_failure(match e {

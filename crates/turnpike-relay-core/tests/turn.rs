@@ -569,6 +569,44 @@ fn shared_secret_credentials_and_their_expiry() {
 }
 
 #[test]
+fn expired_shared_secret_credentials_keep_their_allocation_alive() {
+    let mut h = H::new();
+    let username = turnpike_proto::credential::rest_username(T0 + 60, "dave");
+    let password = turnpike_proto::credential::rest_password(SECRET.as_bytes(), &username);
+    let mut auth = h.auth(1, &username, &password);
+    assert_eq!(
+        h.authed(1, method::ALLOCATE, &[transport_udp()], &auth)
+            .error,
+        None
+    );
+    h.advance(500);
+    auth.nonce = h.nonce(1);
+    // Past the credentials' expiry, the allocation they made can still be refreshed and
+    // get permissions ...
+    assert_eq!(h.authed(1, method::REFRESH, &[], &auth).error, None);
+    let tid = h.next_tid();
+    let req = build(
+        method::CREATE_PERMISSION,
+        &tid,
+        &[xor_peer(peer_addr("8.8.8.8:1"), &tid)],
+        Some(&auth),
+    );
+    assert_eq!(h.request(1, &req).error, None);
+    // ... but a wrong password is still wrong, and no new allocation is made with them.
+    let mut wrong = h.auth(1, &username, "not-it");
+    wrong.nonce = auth.nonce.clone();
+    assert_eq!(h.authed(1, method::REFRESH, &[], &wrong).error, Some(401));
+    let mut other = h.auth(2, &username, &password);
+    other.nonce = h.nonce(2);
+    assert_eq!(
+        h.authed(2, method::ALLOCATE, &[transport_udp()], &other)
+            .error,
+        Some(401)
+    );
+    assert_eq!(h.core.allocations(), 1);
+}
+
+#[test]
 fn sha256_password_algorithm_and_message_integrity_sha256() {
     let mut h = H::new();
     let nonce = h.nonce(1);
