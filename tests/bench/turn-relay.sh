@@ -265,7 +265,7 @@ start_relay_forwarder() {
 start_turnpike() {
     local port=$1 log=$2
     start_bg "$log" taskset -c "$SERVER_CORE" "$TURNPIKE_BIN" serve --listen "127.0.0.1:$port" \
-        --http off --metrics off --auth-secret "$SECRET" --realm "$REALM" \
+        --http off --metrics off --udp-workers 1 --auth-secret "$SECRET" --realm "$REALM" \
         --relay-ip 127.0.0.1 --allow-peer 127.0.0.1/32 "${TURNPIKE_EXTRA[@]}"
 }
 
@@ -435,7 +435,7 @@ report() {
         echo
         echo "coturn: turnserver $(turnserver --version 2>/dev/null | tail -1) ${COTURN_FLAGS[*]/$SECRET/SECRET}"
         if [[ $TURNPIKE_OK == 1 ]]; then
-            echo "turnpike: turnpike serve --http off --metrics off --auth-secret SECRET --realm $REALM --relay-ip 127.0.0.1 --allow-peer 127.0.0.1/32 ${TURNPIKE_EXTRA[*]}"
+            echo "turnpike: turnpike serve --http off --metrics off --udp-workers 1 --auth-secret SECRET --realm $REALM --relay-ip 127.0.0.1 --allow-peer 127.0.0.1/32 ${TURNPIKE_EXTRA[*]}"
         fi
         echo "Raw JSON: ${RUN_DIR#"$ROOT"/}/"
     } | tee "$RUN_DIR/summary.md"
