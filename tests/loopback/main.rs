@@ -4,6 +4,7 @@
 //! 127.0.0.0/8 is loopback on Linux), talks to it with plain std sockets, and stops it.
 
 mod hub;
+mod peer;
 mod server;
 mod stun;
 mod turn;

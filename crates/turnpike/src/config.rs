@@ -1173,7 +1173,10 @@ mod tests {
                 a.software = Some("flag".into());
             }),
         );
-        assert_eq!(s.listen, vec!["127.0.0.1:2000".parse().unwrap()]);
+        assert_eq!(
+            s.listen,
+            vec!["127.0.0.1:2000".parse::<std::net::SocketAddr>().unwrap()]
+        );
         assert_eq!(s.software.as_deref(), Some("flag"));
         assert_eq!(
             s.http,

@@ -3,6 +3,7 @@
 mod config;
 mod cred;
 mod natcheck;
+mod peer;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,6 +29,8 @@ enum Command {
     NatCheck(natcheck::NatCheckArgs),
     /// Mint a short-lived TURN credential (coturn "TURN REST API" formula) from a shared secret.
     Cred(cred::CredArgs),
+    /// Join a room on a signaling hub, connect to the other peer over WebRTC, report the path.
+    Peer(Box<peer::PeerArgs>),
 }
 
 fn init_logging(format: LogFormat) {
@@ -96,6 +99,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("turnpike cred: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Peer(args) => match peer::run(*args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("turnpike peer: error: {e:#}");
                 ExitCode::FAILURE
             }
         },
