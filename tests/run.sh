@@ -30,6 +30,12 @@ command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 command -v conntrack >/dev/null 2>&1 || need_pkgs+=(conntrack)
 # The TURN interop test (tests/loopback/turn.rs) runs coturn's turnutils_uclient.
 command -v turnutils_uclient >/dev/null 2>&1 || need_pkgs+=(coturn)
+# The browser tests (tests/browser) drive Debian's Chromium with playwright-core from npm, and
+# make a self-signed certificate with openssl for TURN over TLS.
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 apt_install "${need_pkgs[@]+"${need_pkgs[@]}"}"
 # Debian's coturn unit ignores TURNSERVER_ENABLED in /etc/default/coturn: under systemd the
 # package would start a TURN server on port 3478. The tests need only its client.
@@ -40,6 +46,11 @@ fi
 [ "$(id -u)" -eq 0 ] || die "the NAT lab needs root (network namespaces, nftables); run tests/run.sh as root"
 ip netns add tp-runcheck 2>/dev/null && ip netns del tp-runcheck \
   || die "cannot create network namespaces (ip netns add failed); the NAT lab needs them"
+
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' \
+  || die "the browser tests need Node.js 18 or newer (found $(node --version))"
+[ -x /usr/bin/chromium ] || [ -n "${CHROMIUM:-}" ] \
+  || die "the browser tests need Chromium at /usr/bin/chromium (apt-get install chromium) or \$CHROMIUM"
 
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup) first"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
@@ -61,6 +72,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test (unit, RFC 5769 vectors, differential, loopback integration against the binary)"
 cargo test --workspace --locked
+
+say "browser tests (headless Chromium): the web demo against the real binary"
+cargo build -p turnpike --locked
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') \
+  || die "cargo metadata failed"
+(cd tests/browser && npm ci --no-audit --no-fund) \
+  || die "npm ci in tests/browser failed (playwright-core comes from the npm registry)"
+(cd tests/browser && TURNPIKE_BIN="$target_dir/debug/turnpike" npm test)
 
 say "NAT lab: nat-check against real Linux NATs in network namespaces (matrix, 20 % loss, hairpin)"
 cargo test -p turnpike --test natlab --locked -- --nocapture

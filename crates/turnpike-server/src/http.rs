@@ -172,8 +172,8 @@ pub fn health_router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Serves `/healthz`, `/readyz` and, with a hub, `/v1/ws` and `/v1/ice-servers` until
-/// shutdown.
+/// Serves `/healthz`, `/readyz`, the web demo at `/` and, with a hub, `/v1/ws` and
+/// `/v1/ice-servers` until shutdown.
 pub async fn serve_health(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -181,7 +181,7 @@ pub async fn serve_health(
     rx: watch::Receiver<bool>,
 ) {
     use axum::serve::ListenerExt as _;
-    let mut app = health_router(shared);
+    let mut app = health_router(shared).merge(crate::demo::routes());
     if let Some(state) = signal {
         app = app.merge(crate::signal::routes(state));
     }

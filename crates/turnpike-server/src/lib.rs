@@ -12,12 +12,13 @@
 //! * **TCP and TLS** ([`tcp`]): STUN and TURN messages back to back on a stream (RFC 8489
 //!   §6.2.2), with a connection cap, an idle timeout and a maximum message size; TURN frames
 //!   go to the shard that owns the connection's allocation.
-//! * **HTTP** ([`http`]): `/healthz` and `/readyz`; and Prometheus `/metrics` on its own
-//!   address ([`metrics`]).
+//! * **HTTP** ([`http`]): `/healthz` and `/readyz`, the browser demo at `/` ([`demo`]); and
+//!   Prometheus `/metrics` on its own address ([`metrics`]).
 //!
 //! [`RunningServer::shutdown`] stops everything gracefully: `/readyz` turns unready, listeners
 //! stop, workers finish their current batch.
 
+pub mod demo;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
