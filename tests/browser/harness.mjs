@@ -214,3 +214,66 @@ export async function connectPair(browser, server, query, opts) {
   const sb = await waitForState(b, (s) => s.connected && s.selectedPair, 'the second page to connect', 30000);
   return { a, b, sa, sb };
 }
+
+/**
+ * Runs `turnpike peer --signal ws://127.0.0.1:H/v1/ws ARGS…` against `server` as a child
+ * process (stdout and stderr collected). It is killed with SIGKILL after `limitMs`.
+ * Returns `{ args, stderr(), waitForLine(re, what, ms), done, kill() }`, where `done`
+ * resolves to `{ code, signal, stdout, stderr, json }` (`json`: stdout parsed, or null).
+ */
+export function startPeer(server, args, { limitMs = 60000 } = {}) {
+  const bin = turnpikeBin();
+  if (!fs.existsSync(bin)) throw new Error(`${bin} not found: build it first (cargo build -p turnpike)`);
+  const all = ['peer', '--signal', `ws://127.0.0.1:${server.http}/v1/ws`, ...args];
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TURNPIKE_')));
+  const child = spawn(bin, all, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  const waiters = new Set();
+  let exited = false;
+  child.stdout.on('data', (d) => { stdout += d; });
+  child.stderr.on('data', (d) => {
+    stderr = (stderr + d).slice(-200000);
+    for (const w of waiters) w();
+  });
+  const killer = setTimeout(() => child.kill('SIGKILL'), limitMs);
+  const done = new Promise((resolve) => {
+    child.on('close', (code, signal) => {
+      clearTimeout(killer);
+      exited = true;
+      for (const w of waiters) w();
+      let json = null;
+      try {
+        json = JSON.parse(stdout);
+      } catch {
+        // not JSON (no --json, or the run was killed)
+      }
+      resolve({ code, signal, stdout, stderr, json });
+    });
+  });
+  return {
+    args: all,
+    stderr: () => stderr,
+    done,
+    /** Waits until a stderr line matches `re`; fails on exit or after `ms`. */
+    waitForLine(re, what, ms = 20000) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => { waiters.delete(check); reject(new Error(`timed out waiting for turnpike peer to report ${what}:\n${stderr}`)); }, ms);
+        function check() {
+          const m = stderr.split('\n').find((l) => re.test(l));
+          if (m !== undefined || exited) {
+            clearTimeout(timer);
+            waiters.delete(check);
+            if (m !== undefined) resolve(m);
+            else reject(new Error(`turnpike peer exited before reporting ${what}:\n${stderr}`));
+          }
+        }
+        waiters.add(check);
+        check();
+      });
+    },
+    kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+  };
+}

@@ -263,7 +263,9 @@ impl std::fmt::Display for SetupError {
                         f,
                         " (per-IP cap: raise --hub-max-connections-per-ip or use more --source-ips)"
                     ),
-                    503 => write!(f, " (total cap: raise --hub-max-connections)"),
+                    503 if body.contains("too many") => {
+                        write!(f, " (total cap: raise --hub-max-connections)")
+                    }
                     _ => Ok(()),
                 }
             }
