@@ -20,12 +20,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::Shared;
 
-/// Connections one HTTP listener serves at once; more wait in the kernel's accept queue.
+/// Plain HTTP connections one listener serves at once; more wait in the kernel's accept queue.
+/// The HTTP listener of the signaling hub has room for the hub's WebSocket connections on top
+/// (an upgraded socket keeps its slot; the hub refuses those over its own cap with 503).
 pub const MAX_HTTP_CONNECTIONS: usize = 1024;
 /// A connection that sends nothing for this long is closed (idle keep-alive, slow headers).
 pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A TCP listener that serves at most `MAX_HTTP_CONNECTIONS` connections at a time and closes
+/// A TCP listener that serves a bounded number of connections at a time and closes
 /// connections idle for `HTTP_IDLE_TIMEOUT`, so a public HTTP port cannot be used to exhaust
 /// the process's file descriptors.
 pub struct CappedListener {
@@ -34,11 +36,16 @@ pub struct CappedListener {
 }
 
 impl CappedListener {
-    /// Wraps `inner`.
+    /// Wraps `inner` with room for [`MAX_HTTP_CONNECTIONS`].
     pub fn new(inner: TcpListener) -> Self {
+        Self::with_capacity(inner, MAX_HTTP_CONNECTIONS)
+    }
+
+    /// Wraps `inner` with room for `capacity` connections.
+    pub fn with_capacity(inner: TcpListener, capacity: usize) -> Self {
         CappedListener {
             inner,
-            permits: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
+            permits: Arc::new(Semaphore::new(capacity.max(1))),
         }
     }
 }
@@ -55,6 +62,8 @@ impl axum::serve::Listener for CappedListener {
             };
             match self.inner.accept().await {
                 Ok((io, addr)) => {
+                    // Signaling messages are small and latency-bound: no Nagle delay.
+                    let _ = io.set_nodelay(true);
                     let sleep = Box::pin(tokio::time::sleep(HTTP_IDLE_TIMEOUT));
                     return (
                         CappedIo {
@@ -178,6 +187,7 @@ pub async fn serve_health(
     listener: TcpListener,
     shared: Arc<Shared>,
     signal: Option<crate::signal::SignalState>,
+    capacity: usize,
     rx: watch::Receiver<bool>,
 ) {
     use axum::serve::ListenerExt as _;
@@ -186,7 +196,7 @@ pub async fn serve_health(
         app = app.merge(crate::signal::routes(state));
     }
     // tap_io is a no-op here; it makes axum's SocketAddr connect-info apply to our listener.
-    let listener = CappedListener::new(listener).tap_io(|_io| {});
+    let listener = CappedListener::with_capacity(listener, capacity).tap_io(|_io| {});
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(until_shutdown(rx))

@@ -241,6 +241,7 @@ impl Server {
                 l,
                 shared.clone(),
                 Some(hub),
+                http::MAX_HTTP_CONNECTIONS + config.signal.hub.max_connections,
                 rx.clone(),
             )));
         }
