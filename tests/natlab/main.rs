@@ -4,6 +4,12 @@
 //! skips, when they are missing. Each test builds its own lab with its own namespace prefix
 //! through `tests/natlab/natlab.sh`, so the tests can run in parallel, and tears it down.
 //! Only traffic inside those namespaces is involved.
+//!
+//! `webrtc` adds the WebRTC paths: two `turnpike peer`s, each behind its own NAT, meeting
+//! through a `turnpike serve` on the public segment (directly, through the relay, or not at
+//! all when TURN is unreachable).
+
+mod webrtc;
 
 use std::process::Command;
 use std::time::Duration;

@@ -13,6 +13,12 @@
 #   natlab.sh show                   the router's ruleset, addresses, conntrack table
 #   natlab.sh types                  list the NAT types, one per line
 #
+# The pair lab (WebRTC paths, see docs/nat-lab.md): two peers, each behind its own router.
+#   natlab.sh pair-up TYPE_A TYPE_B       clia behind rtra (TYPE_A), clib behind rtrb (TYPE_B)
+#   natlab.sh pair-server BIN [ARGS...]   run `BIN serve ...` (STUN, TURN, hub) in srv
+#   natlab.sh block-turn                  drop TURN Allocate requests arriving at srv
+#   natlab.sh server-log                  print the server's log
+#
 # Environment: NATLAB_PREFIX (default tpl) prefixes every namespace name, so parallel labs
 # don't collide; TMPDIR places the per-prefix state directory.
 #
@@ -50,6 +56,28 @@ MAP_TIMEOUT="120s"  # lifetime of a full/restricted-cone mapping without outboun
 
 TYPES=(full-cone restricted-cone port-restricted-cone symmetric none firewall blocked full-cone-hairpin)
 NAMESPACES=(cli cli2 rtr srv)
+
+# --- the pair lab (two peers, each behind its own NAT; `pair-up`) --------------------------
+# srv holds a bridge "pub" (the public segment) with the server's address; each router's WAN
+# veth is a port of it. The two LANs are different subnets and no router has a route to the
+# other's LAN, so the peers' host candidates can never reach each other: every working path
+# crosses both NATs (server-reflexive, peer-reflexive) or the TURN relay.
+PAIR_NAMESPACES=(srv rtra clia rtrb clib)
+PAIR_TYPES=(full-cone restricted-cone port-restricted-cone symmetric full-cone-hairpin)
+PUB_BRIDGE="pub"
+WAN_IP_A="198.51.100.10"     # rtra's public address
+WAN_IP_B="198.51.100.20"     # rtrb's public address
+LAN_NET_A="192.168.77.0/24"
+LAN_GW_A="192.168.77.1"
+CLI_IP_A="192.168.77.2"
+LAN_NET_B="192.168.78.0/24"
+LAN_GW_B="192.168.78.1"
+CLI_IP_B="192.168.78.2"
+HTTP_PORT=8080               # the signaling hub (ws://198.51.100.1:8080/v1/ws)
+SRV_TABLE="natlab_srv"       # srv's own table (block-turn)
+
+# Every namespace either lab may have created; `down` removes whichever exist.
+ALL_NAMESPACES=(cli cli2 rtr srv rtra clia rtrb clib)
 
 die() {
     echo "natlab: error: $*" >&2
@@ -94,6 +122,17 @@ usage: natlab.sh COMMAND
   show                   print the router's nftables ruleset, addresses and conntrack table
   types                  list the NAT types
 
+The pair lab (two peers, each behind its own NAT; for WebRTC paths):
+  pair-up TYPE_A TYPE_B  clia (${CLI_IP_A}) behind rtra (${WAN_IP_A}) as TYPE_A, clib
+                         (${CLI_IP_B}) behind rtrb (${WAN_IP_B}) as TYPE_B, srv (${SRV_IP1})
+                         on the public segment; types: ${PAIR_TYPES[*]}
+  pair-server BIN [ARGS...]
+                         run 'BIN serve --listen ${SRV_IP1}:${STUN_PORT} --http ${SRV_IP1}:${HTTP_PORT}
+                         --metrics off --relay-ip ${SRV_IP1} ARGS...' in srv (STUN, TURN, hub)
+  block-turn             drop TURN Allocate requests arriving at srv (STUN keeps working)
+  server-log             print the server's log
+  exec NS -- CMD...      also clia, rtra, clib, rtrb
+
 NATLAB_PREFIX (now '${PREFIX}') prefixes the namespace names: ${PREFIX}-cli, ${PREFIX}-rtr, ...
 State (server pid and log): ${STATE_DIR}
 EOF
@@ -118,6 +157,13 @@ need_lab() {
     local n
     for n in "${NAMESPACES[@]}"; do
         ns_exists "$n" || die "namespace $(ns "$n") does not exist: run 'natlab.sh up TYPE' first (NATLAB_PREFIX=${PREFIX})"
+    done
+}
+
+need_pair_lab() {
+    local n
+    for n in "${PAIR_NAMESPACES[@]}"; do
+        ns_exists "$n" || die "namespace $(ns "$n") does not exist: run 'natlab.sh pair-up TYPE_A TYPE_B' first (NATLAB_PREFIX=${PREFIX})"
     done
 }
 
@@ -279,18 +325,21 @@ stun_answers() {
     ' bash "$SRV_IP1" "$STUN_PORT" 2>/dev/null
 }
 
-cmd_server() {
-    [[ $# -ge 1 ]] || die "usage: natlab.sh server BIN [ARGS...]"
-    need_root
-    need_ip
-    need_lab
-    local bin="$1"
-    shift
-    local path
+# Resolves the server binary BIN to an absolute path (printed).
+server_path() {
+    local bin="$1" path
     path="$(command -v -- "$bin" 2>/dev/null)" || die "server binary '$bin' not found"
     [[ -x "$path" ]] || die "server binary '$path' is not executable"
     case "$path" in /*) ;; *) path="$PWD/$path" ;; esac
+    echo "$path"
+}
 
+# launch_server WHERE PATH ARGS...: runs 'PATH ARGS...' in srv in the background (pid and log
+# in the state dir) and waits until it answers STUN on ${SRV_IP1}:${STUN_PORT}; WHERE
+# describes the addresses for the success note.
+launch_server() {
+    local where="$1" path="$2"
+    shift 2
     mkdir -p "$STATE_DIR"
     stop_server
     local log="${STATE_DIR}/server.log"
@@ -301,8 +350,7 @@ cmd_server() {
     rm -f "$pidfile"
     # shellcheck disable=SC2016  # expanded by the inner sh
     nsexec srv sh -c 'echo "$$" >"$1.tmp" && mv "$1.tmp" "$1" && shift && exec "$@"' sh "$pidfile" \
-        "$path" serve --listen "${SRV_IP1}:${STUN_PORT}" --alternate-ip "$SRV_IP2" \
-        --http off --metrics off "$@" </dev/null >>"$log" 2>&1 &
+        "$path" "$@" </dev/null >>"$log" 2>&1 &
     local wrapper=$! pid=""
     local j
     for ((j = 0; j < 50; j++)); do
@@ -322,7 +370,7 @@ cmd_server() {
             exit 1
         fi
         if stun_answers; then
-            note "server pid $pid answers on ${SRV_IP1}:${STUN_PORT} (alternate ${SRV_IP2}); log: ${log}"
+            note "server pid $pid answers on ${where}; log: ${log}"
             return 0
         fi
         sleep 0.1
@@ -333,12 +381,25 @@ cmd_server() {
     exit 1
 }
 
+cmd_server() {
+    [[ $# -ge 1 ]] || die "usage: natlab.sh server BIN [ARGS...]"
+    need_root
+    need_ip
+    need_lab
+    local path
+    path="$(server_path "$1")" || exit 1
+    shift
+    launch_server "${SRV_IP1}:${STUN_PORT} (alternate ${SRV_IP2})" "$path" \
+        serve --listen "${SRV_IP1}:${STUN_PORT}" --alternate-ip "$SRV_IP2" \
+        --http off --metrics off "$@"
+}
+
 # --- up / down -----------------------------------------------------------------------------
 
 teardown() {
     local n pids pid i
     stop_server
-    for n in "${NAMESPACES[@]}"; do
+    for n in "${ALL_NAMESPACES[@]}"; do
         ns_exists "$n" || continue
         # Anything still running inside a lab namespace would keep it (and its veths) alive.
         pids="$(ip netns pids "$(ns "$n")" 2>/dev/null || true)"
@@ -371,6 +432,28 @@ up_cleanup() {
         note "up failed: tearing the half-built lab down"
         teardown || true
     fi
+}
+
+# wait_links_up NS...: waits until every link of these namespaces reports operstate UP (veth
+# peers, bridge ports; IPv4 has no DAD and the bridges run without STP, so that is all it
+# takes to pass traffic); dies after 5 s.
+wait_links_up() {
+    local i n ok=0 down=""
+    for ((i = 0; i < 50; i++)); do
+        down=""
+        for n in "$@"; do
+            # stderr dropped: 'ip link' resolves peer namespaces by name and complains about
+            # another lab's namespace that is being created or deleted at the same moment.
+            down+="$(ip -n "$(ns "$n")" -o link show 2>/dev/null | awk -v ns="$(ns "$n")" \
+                '$2 != "lo:" && $0 !~ /state UP/ {sub(/@.*/, "", $2); printf "%s/%s ", ns, $2}')"
+        done
+        if [[ -z "$down" ]]; then
+            ok=1
+            break
+        fi
+        sleep 0.1
+    done
+    [[ "$ok" == 1 ]] || die "the lab's links did not come up within 5 s: ${down}"
 }
 
 cmd_up() {
@@ -468,30 +551,173 @@ cmd_up() {
         die "nft rejected the ruleset for '$type' (nftables too old? 1.0 or newer is known to work)"
     fi
 
-    # Wait until every link reports operstate UP (veth peers, bridge ports; IPv4 has no DAD
-    # and the bridge runs without STP, so that is all it takes to pass traffic).
-    local i ok=0 down=""
-    for ((i = 0; i < 50; i++)); do
-        down=""
-        for n in "${NAMESPACES[@]}"; do
-            # stderr dropped: 'ip link' resolves peer namespaces by name and complains about
-            # another lab's namespace that is being created or deleted at the same moment.
-            down+="$(ip -n "$(ns "$n")" -o link show 2>/dev/null | awk -v ns="$(ns "$n")" \
-                '$2 != "lo:" && $0 !~ /state UP/ {sub(/@.*/, "", $2); printf "%s/%s ", ns, $2}')"
-        done
-        if [[ -z "$down" ]]; then
-            ok=1
-            break
-        fi
-        sleep 0.1
-    done
-    [[ "$ok" == 1 ]] || die "the lab's links did not come up within 5 s: ${down}"
+    wait_links_up "${NAMESPACES[@]}"
 
     echo "$type" >"${STATE_DIR}/type"
     echo "$loss" >"${STATE_DIR}/loss"
     UP_DONE=1
     trap - EXIT
     note "lab '${PREFIX}' is up: type ${type}$( ((loss > 0)) && echo ", ${loss}% loss per direction"); namespaces $(ns cli) $(ns cli2) $(ns rtr) $(ns srv)"
+}
+
+# --- the pair lab: pair-up / pair-server / block-turn / server-log ------------------------
+
+# pair_ruleset WAN_IP LAN_NET TYPE: the ruleset of one pair-lab router. `ruleset` reads
+# WAN_IP and LAN_NET; bash's dynamic scoping hands it this router's values.
+pair_ruleset() {
+    # shellcheck disable=SC2034  # read by ruleset
+    local WAN_IP="$1" LAN_NET="$2"
+    ruleset "$3" 0
+}
+
+cmd_pair_up() {
+    [[ $# -eq 2 ]] || die "usage: natlab.sh pair-up TYPE_A TYPE_B; types: ${PAIR_TYPES[*]}"
+    local type_a="$1" type_b="$2" t u known
+    for t in "$type_a" "$type_b"; do
+        known=0
+        for u in "${PAIR_TYPES[@]}"; do [[ "$u" == "$t" ]] && known=1; done
+        [[ "$known" == 1 ]] || die "unknown pair-lab NAT type '$t'; types: ${PAIR_TYPES[*]}"
+    done
+
+    need_root
+    need_ip
+    need_nft
+
+    teardown
+    trap up_cleanup EXIT
+    mkdir -p "$STATE_DIR"
+
+    local n
+    for n in "${PAIR_NAMESPACES[@]}"; do
+        ip netns add "$(ns "$n")" || die "cannot create namespace $(ns "$n") ('ip netns' unusable?)"
+        ip -n "$(ns "$n")" link set lo up
+    done
+
+    # The public segment: a bridge in srv holding the server's address; each router's WAN
+    # veth is one of its ports. Bridged frames between the routers skip srv's IP hooks.
+    ip -n "$(ns srv)" link add "$PUB_BRIDGE" type bridge
+    if nsexec srv test -e /proc/sys/net/bridge/bridge-nf-call-iptables; then
+        nsysctl srv net.bridge.bridge-nf-call-iptables 0
+    fi
+    ip -n "$(ns srv)" addr add "${SRV_IP1}/${PUB_LEN}" dev "$PUB_BRIDGE"
+    ip -n "$(ns srv)" link set "$PUB_BRIDGE" up
+
+    local side type wan lan gw cli
+    for side in a b; do
+        if [[ "$side" == a ]]; then
+            type="$type_a" wan="$WAN_IP_A" lan="$LAN_NET_A" gw="$LAN_GW_A" cli="$CLI_IP_A"
+        else
+            type="$type_b" wan="$WAN_IP_B" lan="$LAN_NET_B" gw="$LAN_GW_B" cli="$CLI_IP_B"
+        fi
+        ip -n "$(ns "rtr$side")" link add "$RTR_WAN" type veth peer name "to-$side" netns "$(ns srv)"
+        ip -n "$(ns srv)" link set "to-$side" master "$PUB_BRIDGE"
+        ip -n "$(ns srv)" link set "to-$side" up
+        ip -n "$(ns "rtr$side")" link add "$RTR_LAN" type veth peer name "$HOST_IF" netns "$(ns "cli$side")"
+
+        nsysctl "rtr$side" net.ipv4.ip_forward 1
+        ip -n "$(ns "rtr$side")" addr add "${wan}/${PUB_LEN}" dev "$RTR_WAN"
+        ip -n "$(ns "rtr$side")" link set "$RTR_WAN" up
+        ip -n "$(ns "rtr$side")" addr add "${gw}/${LAN_LEN}" dev "$RTR_LAN"
+        ip -n "$(ns "rtr$side")" link set "$RTR_LAN" up
+
+        ip -n "$(ns "cli$side")" addr add "${cli}/${LAN_LEN}" dev "$HOST_IF"
+        ip -n "$(ns "cli$side")" link set "$HOST_IF" up
+        ip -n "$(ns "cli$side")" route add default via "$gw" dev "$HOST_IF"
+
+        pair_ruleset "$wan" "$lan" "$type" >"${STATE_DIR}/ruleset-${side}.nft"
+        if ! nsexec "rtr$side" nft -f "${STATE_DIR}/ruleset-${side}.nft"; then
+            echo "natlab: the ruleset nft rejected:" >&2
+            cat -n "${STATE_DIR}/ruleset-${side}.nft" >&2
+            die "nft rejected the ruleset for '$type' in $(ns "rtr$side")"
+        fi
+    done
+
+    wait_links_up "${PAIR_NAMESPACES[@]}"
+
+    echo "$type_a $type_b" >"${STATE_DIR}/pair"
+    UP_DONE=1
+    trap - EXIT
+    note "pair lab '${PREFIX}' is up: $(ns clia) behind ${type_a} (${WAN_IP_A}), $(ns clib) behind ${type_b} (${WAN_IP_B}), server namespace $(ns srv) (${SRV_IP1})"
+}
+
+# One HTTP request for /healthz from inside srv; 0 if the hub's HTTP server answers 200.
+http_answers() {
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    nsexec srv timeout 2 bash -c '
+        exec 3<>"/dev/tcp/$1/$2" || exit 1
+        printf "GET /healthz HTTP/1.0\r\nHost: %s:%s\r\n\r\n" "$1" "$2" >&3 || exit 1
+        IFS= read -r -t 1 -u 3 line || exit 1
+        [[ "$line" == HTTP/1.?" 200"* ]]
+    ' bash "$SRV_IP1" "$HTTP_PORT" 2>/dev/null
+}
+
+cmd_pair_server() {
+    [[ $# -ge 1 ]] || die "usage: natlab.sh pair-server BIN [ARGS...]"
+    need_root
+    need_ip
+    need_pair_lab
+    local path
+    path="$(server_path "$1")" || exit 1
+    shift
+    launch_server "${SRV_IP1}:${STUN_PORT} (STUN and TURN, relay ${SRV_IP1})" "$path" \
+        serve --listen "${SRV_IP1}:${STUN_PORT}" --http "${SRV_IP1}:${HTTP_PORT}" \
+        --metrics off --relay-ip "$SRV_IP1" "$@"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        if http_answers; then
+            note "the hub answers on http://${SRV_IP1}:${HTTP_PORT} (ws://${SRV_IP1}:${HTTP_PORT}/v1/ws)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "natlab: error: the hub did not answer on http://${SRV_IP1}:${HTTP_PORT}/healthz within 5 s; server log:" >&2
+    tail -n 30 "${STATE_DIR}/server.log" >&2 || true
+    stop_server
+    exit 1
+}
+
+# Drops every TURN Allocate request (STUN message type 0x0003, the first two bytes of the UDP
+# payload) that reaches srv on UDP ${STUN_PORT}: TURN is unreachable while STUN Binding (and
+# the hub) keep working, so peers still gather server-reflexive candidates.
+cmd_block_turn() {
+    need_root
+    need_ip
+    need_nft
+    ns_exists srv || die "namespace $(ns srv) does not exist: build a lab first (NATLAB_PREFIX=${PREFIX})"
+    nsexec srv nft -f - <<EOF || die "nft rejected the block-turn rule"
+table ip ${SRV_TABLE} {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        udp dport ${STUN_PORT} @th,64,16 0x0003 counter drop comment "TURN Allocate requests"
+    }
+}
+EOF
+    note "TURN Allocate requests to ${STUN_PORT}/udp are dropped in $(ns srv)"
+}
+
+cmd_server_log() {
+    local log="${STATE_DIR}/server.log"
+    [[ -f "$log" ]] || die "no server log at ${log} (no server started for NATLAB_PREFIX=${PREFIX})"
+    cat -- "$log"
+}
+
+show_pair() {
+    need_pair_lab
+    echo "# pair lab '${PREFIX}': $(cat "${STATE_DIR}/pair")"
+    local pid n
+    if pid="$(server_pid)"; then echo "# server: pid ${pid}, log ${STATE_DIR}/server.log"; else echo "# server: not running"; fi
+    for n in "${PAIR_NAMESPACES[@]}"; do
+        echo "# addresses in $(ns "$n")"
+        ip -n "$(ns "$n")" -br addr show
+    done
+    for n in srv rtra rtrb; do
+        echo "# nftables ruleset in $(ns "$n")"
+        nsexec "$n" nft list ruleset
+        if [[ "$n" != srv ]] && command -v conntrack >/dev/null 2>&1; then
+            echo "# conntrack table in $(ns "$n")"
+            nsexec "$n" conntrack -L 2>/dev/null || true
+        fi
+    done
 }
 
 # --- exec / show / types -------------------------------------------------------------------
@@ -501,8 +727,8 @@ cmd_exec() {
     local n="$1"
     shift
     case "$n" in
-        cli | cli2 | rtr | srv) ;;
-        *) die "unknown namespace '$n': one of cli, cli2, rtr, srv" ;;
+        cli | cli2 | rtr | srv | clia | rtra | clib | rtrb) ;;
+        *) die "unknown namespace '$n': one of cli, cli2, rtr, srv (pair lab: clia, rtra, clib, rtrb, srv)" ;;
     esac
     [[ "${1:-}" == "--" ]] && shift
     [[ $# -ge 1 ]] || die "usage: natlab.sh exec NS -- CMD..."
@@ -516,6 +742,10 @@ cmd_show() {
     need_root
     need_ip
     need_nft
+    if [[ -f "${STATE_DIR}/pair" ]]; then
+        show_pair
+        return
+    fi
     need_lab
     local type="?" loss="0"
     [[ -f "${STATE_DIR}/type" ]] && type="$(cat "${STATE_DIR}/type")"
@@ -554,6 +784,10 @@ main() {
         exec) cmd_exec "$@" ;;
         show) cmd_show "$@" ;;
         types) cmd_types "$@" ;;
+        pair-up) cmd_pair_up "$@" ;;
+        pair-server) cmd_pair_server "$@" ;;
+        block-turn) cmd_block_turn "$@" ;;
+        server-log) cmd_server_log "$@" ;;
         -h | --help | help) usage ;;
         "") usage >&2; exit 2 ;;
         *) usage >&2; die "unknown command '$cmd'" ;;
