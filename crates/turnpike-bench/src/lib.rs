@@ -1,8 +1,12 @@
 //! Shared helpers for the Turnpike benchmark tools.
 //!
-//! This crate contains two binaries, `stun-flood` (a UDP STUN Binding load
-//! generator) and `mini-responder` (a minimal batched reference responder),
-//! plus the small amount of code they share:
+//! This crate contains the load tools and reference servers of
+//! `tests/bench/`: `stun-flood` (a UDP STUN Binding load generator) and
+//! `mini-responder` (a minimal batched reference responder); `turn-load` (TURN
+//! allocations relaying ChannelData through an echo peer, Allocate cycles, held
+//! allocations) and `relay-forwarder` (a minimal batched TURN-shaped forwarder,
+//! the reference limit); and `hub-load` (WebSocket signaling load). This library
+//! holds the small amount of code they share:
 //!
 //! * STUN Binding encoding/decoding just sufficient for benchmarking
 //!   ([`build_binding_request`], [`parse_binding_request`],
