@@ -162,10 +162,15 @@ export async function launchBrowser({ args = [] } = {}) {
 
 /**
  * Opens the demo at `server.base + '/?' + query` in a fresh browser context. Page errors and
- * console errors are collected in `page.problems`.
+ * console errors are collected in `page.problems`. `initScript` (a function, or
+ * `[function, argument]`) runs in the page before its own scripts.
  */
-export async function openDemo(browser, server, query, { ignoreHTTPSErrors = false } = {}) {
+export async function openDemo(browser, server, query, { ignoreHTTPSErrors = false, initScript } = {}) {
   const context = await browser.newContext({ ignoreHTTPSErrors });
+  if (initScript) {
+    const [fn, arg] = Array.isArray(initScript) ? initScript : [initScript];
+    await context.addInitScript(fn, arg);
+  }
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
   page.problems = [];
