@@ -350,7 +350,20 @@
         signalChain = signalChain.then(() => onSignal(msg)).catch((e) => log(`${msg.type} from ${msg.from}: ${e}`, 'error'));
         break;
       case 'bye':
-        if (state.remote === msg.from) hangUp(`${msg.from} hung up`, false);
+        if (state.remote === msg.from) {
+          // The other side may send its last data-channel message (an echo) just before
+          // `bye`, and the hub can deliver `bye` first: let the channel drain (it closes when
+          // the other side closes it) for up to a second before hanging up.
+          const conn = pc;
+          const channel = dc;
+          const done = () => { if (pc === conn && state.remote === msg.from) hangUp(`${msg.from} hung up`, false); };
+          if (channel && channel.readyState === 'open') {
+            const timer = setTimeout(done, 1000);
+            channel.addEventListener('close', () => { clearTimeout(timer); done(); }, { once: true });
+          } else {
+            done();
+          }
+        }
         break;
       case 'error':
         log(`hub error ${msg.code}: ${msg.message}`, 'error');
@@ -546,15 +559,25 @@
     show();
   }
 
+  // True while call() creates and sets its offer (offer collisions, see onSignal).
+  let makingOffer = false;
+
   async function call(remote) {
     if (pc) hangUp('starting a new connection', state.remote !== remote);
     const conn = makePeerConnection(remote, 'offerer');
     log(`calling ${remote}`);
     setupChannel(conn.createDataChannel(CHANNEL_LABEL, { ordered: true }));
-    const offer = await guard(conn, conn.createOffer());
-    if (pc !== conn) return;
-    await guard(conn, conn.setLocalDescription(offer));
-    if (pc !== conn) return;
+    // While the offer is being made, an offer from the same peer is a collision too (the
+    // signaling state is still "stable" until setLocalDescription completes).
+    makingOffer = true;
+    try {
+      const offer = await guard(conn, conn.createOffer());
+      if (pc !== conn) return;
+      await guard(conn, conn.setLocalDescription(offer));
+      if (pc !== conn) return;
+    } finally {
+      makingOffer = false;
+    }
     watchDtls(conn);
     hubSend({ type: 'offer', to: remote, sdp: conn.localDescription.sdp });
   }
@@ -562,7 +585,7 @@
   async function onSignal(msg) {
     const from = msg.from;
     if (msg.type === 'offer') {
-      if (pc && state.remote === from && pc.signalingState === 'have-local-offer') {
+      if (pc && state.remote === from && (makingOffer || pc.signalingState === 'have-local-offer')) {
         // Offers crossed: the smaller peer_id yields.
         if (state.peerId < from) {
           log(`offers crossed with ${from}; yielding (my id is smaller)`);

@@ -118,11 +118,19 @@ describe('web demo', { timeout: 240000 }, () => {
         a.evaluate((p) => window.turnpikeDemo.call(p), sb.peerId),
         b.evaluate((p) => window.turnpikeDemo.call(p), sa.peerId),
       ]);
-      const xa = await waitForState(a, (s) => s.connected, 'A to reconnect after crossing offers');
-      const xb = await waitForState(b, (s) => s.connected, 'B to reconnect after crossing offers');
-      const smaller = sa.peerId < sb.peerId ? xa : xb;
-      const larger = smaller === xa ? xb : xa;
-      assert.deepEqual([smaller.role, larger.role], ['answerer', 'offerer']);
+      // Whichever offer arrives first, the pages settle on one connection in which the
+      // smaller peer_id is the answerer (a page may pass through a short-lived connection on
+      // the way when one offer arrives before the other page has started its own).
+      const [pSmall, pLarge] = sa.peerId < sb.peerId ? [a, b] : [b, a];
+      const deadline = Date.now() + 30000;
+      let roles = [];
+      for (;;) {
+        const [s1, s2] = [await pSmall.evaluate(() => window.turnpikeDemo.snapshot()), await pLarge.evaluate(() => window.turnpikeDemo.snapshot())];
+        roles = [s1.connected && s1.role, s2.connected && s2.role];
+        if (roles[0] === 'answerer' && roles[1] === 'offerer') break;
+        assert.ok(Date.now() < deadline, `roles after crossing offers: ${JSON.stringify(roles)}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
 
       // Leaving: the other side sees peer-left and drops the connection.
       await a.locator('#leave').click();
