@@ -206,7 +206,7 @@ setup_runs() {
 setup_runs host host/host
 setup_runs relay relay/relay --relay-only
 
-FILE=$(mktemp "${TMPDIR:-/tmp}/turnpike-bench-XXXXXX.bin")
+FILE=$(mktemp --suffix=.bin)
 head -c "$FILE_BYTES" /dev/urandom >"$FILE"
 : >"$RUN_DIR/relay-file.tsv"
 for i in $(seq 1 "$FILE_RUNS"); do
