@@ -95,35 +95,6 @@ function sendOnOpen(page, text, timeoutMs = 40000) {
   }), [text, timeoutMs]);
 }
 
-/**
- * Init script for the page: hub `bye` messages reach the page `ms` later. The Rust peer says
- * `bye` through the hub right after its last answer on the data channel, and the page hangs
- * up as soon as it reads a `bye`; on loopback the `bye` often overtakes that answer (two
- * paths, no ordering between them), and the page would drop it. Holding the `bye` lets what
- * was sent before it arrive, so the test checks the exchange itself.
- */
-function holdHubBye(ms) {
-  const Native = window.WebSocket;
-  window.WebSocket = class extends Native {
-    set onmessage(fn) {
-      super.onmessage = typeof fn !== 'function' ? fn : (e) => {
-        let bye = false;
-        try {
-          bye = JSON.parse(e.data).type === 'bye';
-        } catch {
-          // not JSON: the page reports it
-        }
-        if (bye) setTimeout(() => fn.call(this, e), ms);
-        else fn.call(this, e);
-      };
-    }
-
-    get onmessage() {
-      return super.onmessage;
-    }
-  };
-}
-const HOLD_BYE = { initScript: [holdHubBye, 500] };
 
 const received = (s, text) => s.messages.some((m) => m.dir === 'in' && m.text === text);
 
@@ -131,7 +102,7 @@ describe('web demo ↔ turnpike peer', { timeout: 240000 }, () => {
   test('direct path: the page joins first, the Rust peer offers, messages are echoed both ways', { timeout: 60000 }, async () => {
     await withServer(async (server, track, peer) => {
       const name = nextRoom();
-      const page = track(await openDemo(browser, server, `room=${name}`, HOLD_BYE));
+      const page = track(await openDemo(browser, server, `room=${name}`));
       const joined = await waitForState(page, (s) => !!s.peerId, 'the page to join');
       const chat = `hello from chromium ${Date.now()} ✓`;
       const opened = sendOnOpen(page, chat);
@@ -171,7 +142,7 @@ describe('web demo ↔ turnpike peer', { timeout: 240000 }, () => {
       const name = nextRoom();
       const rust = peer(['--room', name, '--json', '--relay-only', '--message', 'hello from rust']);
       await rust.waitForLine(/waiting for the other peer/, 'waiting for the page');
-      const page = track(await openDemo(browser, server, `room=${name}&policy=relay&turn=udp`, HOLD_BYE));
+      const page = track(await openDemo(browser, server, `room=${name}&policy=relay&turn=udp`));
       const chat = `over the relay ${Date.now()}`;
       const atOpen = await sendOnOpen(page, chat);
       const r = await peerSucceeded(rust);
