@@ -120,15 +120,27 @@ impl Server {
         }
     }
 
-    /// Sends `signal` and waits for the process to exit.
-    pub fn signal_and_wait(mut self, signal: i32, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
+    /// Sends `signal` without waiting.
+    pub fn send_signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
         // SAFETY: kill(2) on our own child's pid with a valid signal number has no memory
         // effects; the child has not been reaped yet, so the pid cannot have been reused.
         #[allow(unsafe_code)]
         let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(rc, 0, "kill -{signal} failed");
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn signal_and_wait(self, signal: i32, timeout: Duration) -> ExitStatus {
+        self.send_signal(signal);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit (it was told to by a signal), killing it after `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let signal = "the signal sent";
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -136,7 +148,7 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("turnpike did not exit within {timeout:?} after signal {signal}");
+                panic!("turnpike did not exit within {timeout:?} after {signal}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1755,3 +1755,59 @@ fn turn_coturn_uclient_interop_udp_tcp_tls() {
     );
     t.stop();
 }
+
+#[test]
+fn turn_drain_refuses_new_allocations_and_stops_when_the_last_one_ends() {
+    let t = start(Opts {
+        extra: &[
+            "--drain",
+            "--drain-timeout",
+            "30",
+            "--alternate-server",
+            "127.0.0.9:3478",
+            "--turn-url",
+            "turn:turn1.example:3478?transport=udp",
+        ],
+        ..Opts::default()
+    });
+    // --turn-url: the hub hands out the fleet's URL, with credentials.
+    let r = http_get(t.srv.http, "/v1/ice-servers");
+    assert!(
+        r.contains("turn:turn1.example:3478?transport=udp") && r.contains("credential"),
+        "{r}"
+    );
+    let mut a = Client::udp("127.0.0.1:0", t.udp, rest("drain-a"));
+    a.allocate(Allocate::default());
+    t.wait_metric("turnpike_turn_allocations", 1);
+    t.srv.send_signal(15);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = http_get(t.srv.http, "/readyz");
+        if r.starts_with("HTTP/1.1 503") && r.contains("draining") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never said draining: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A new client is sent to the alternate server; the existing allocation keeps working.
+    let mut b = Client::udp("127.0.0.1:0", t.udp, rest("drain-b"));
+    assert_eq!(b.fails(Request::Allocate(Allocate::default())), 300);
+    a.ok(Request::Refresh {
+        lifetime: 600,
+        family: None,
+    });
+    t.wait_at_least(
+        "turnpike_turn_allocation_failures_total{reason=\"draining\"}",
+        1,
+    );
+    // When the last allocation ends, the server stops by itself.
+    a.ok(Request::Refresh {
+        lifetime: 0,
+        family: None,
+    });
+    let status = t.srv.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+}

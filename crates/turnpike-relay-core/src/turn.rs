@@ -304,6 +304,9 @@ pub struct TurnConfig {
     pub max_channels: usize,
     /// Seed of the generator for Data-indication transaction ids.
     pub seed: u64,
+    /// Where to send new clients while draining (300 Try Alternate with ALTERNATE-SERVER);
+    /// `None` answers them 508.
+    pub alternate_server: Option<SocketAddr>,
 }
 
 impl Default for TurnConfig {
@@ -322,6 +325,7 @@ impl Default for TurnConfig {
             max_permissions: 64,
             max_channels: 64,
             seed: 0x5EED,
+            alternate_server: None,
         }
     }
 }
@@ -486,17 +490,20 @@ pub enum AllocFailure {
     Quota,
     /// Server-wide cap, port range exhausted or bad reservation (508).
     Capacity,
+    /// The server is draining: 300 Try Alternate, or 508 without an alternate server.
+    Draining,
 }
 
 impl AllocFailure {
     /// Every reason.
-    pub const ALL: [AllocFailure; 6] = [
+    pub const ALL: [AllocFailure; 7] = [
         AllocFailure::Mismatch,
         AllocFailure::BadRequest,
         AllocFailure::Transport,
         AllocFailure::Family,
         AllocFailure::Quota,
         AllocFailure::Capacity,
+        AllocFailure::Draining,
     ];
 
     /// Stable kebab-case label.
@@ -508,6 +515,7 @@ impl AllocFailure {
             AllocFailure::Family => "address-family",
             AllocFailure::Quota => "quota",
             AllocFailure::Capacity => "capacity",
+            AllocFailure::Draining => "draining",
         }
     }
 
@@ -662,6 +670,7 @@ pub struct TurnServer {
     live: usize,
     rng: u64,
     stats: TurnStats,
+    draining: bool,
 }
 
 impl std::fmt::Debug for TurnServer {
@@ -705,7 +714,15 @@ impl TurnServer {
             live: 0,
             rng,
             stats: TurnStats::default(),
+            draining: false,
         }
+    }
+
+    /// Starts (or stops) draining: new allocations are refused (300 Try Alternate with
+    /// ALTERNATE-SERVER when one is configured, else 508); existing ones keep working and may
+    /// be refreshed.
+    pub fn set_draining(&mut self, on: bool) {
+        self.draining = on;
     }
 
     /// The TURN configuration.
@@ -1407,6 +1424,27 @@ impl TurnServer {
                 return self.allocate_success(msg, view, tid, slot, authed, now, out);
             }
             return self.allocate_failed(msg, view, tid, 437, AllocFailure::Mismatch, authed, out);
+        }
+        if self.draining {
+            self.stats.allocation_failures[AllocFailure::Draining.index()] += 1;
+            let start = out.len();
+            let code = if self.config.alternate_server.is_some() {
+                300
+            } else {
+                508
+            };
+            fast::write_header(out, view.method, Class::Error, tid);
+            fast::write_error_code(out, code, error_reason(code));
+            if let Some(alt) = self.config.alternate_server {
+                fast::write_addr_attr(out, attr::ALTERNATE_SERVER, alt);
+            }
+            self.finish(out, start, view, Some(authed));
+            return Action::Reply {
+                from: msg.local,
+                to: msg.remote,
+                error: Some(code),
+                path: Path::Fast,
+            };
         }
         let fail = |code: u16| -> (u16, AllocFailure) {
             let why = match code {

@@ -712,6 +712,45 @@ fn allocate_errors() {
 }
 
 #[test]
+fn draining_refuses_new_allocations_and_keeps_old_ones() {
+    let mut c = config();
+    c.alternate_server = Some("192.0.2.99:3478".parse().unwrap());
+    let mut h = H::with(c, Quotas::default());
+    let (auth, _) = h.allocate(1, "alice", "wonderland");
+    h.core.set_draining(true);
+    // A new client is sent elsewhere, with an authenticated 300 and ALTERNATE-SERVER.
+    let other = h.auth(2, "bob", "builder");
+    let r = h.authed(2, method::ALLOCATE, &[transport_udp()], &other);
+    assert_eq!(r.error, Some(300));
+    let alt = r.attr(attr::ALTERNATE_SERVER).expect("ALTERNATE-SERVER");
+    assert_eq!(alt, &[0, 1, 0x0D, 0x96, 192, 0, 2, 99][..]);
+    // The existing allocation still refreshes and relays.
+    let mut auth = auth;
+    auth.nonce = h.nonce(1);
+    assert_eq!(h.authed(1, method::REFRESH, &[], &auth).error, None);
+    assert_eq!(h.core.allocations(), 1);
+    assert_eq!(
+        h.core.stats().allocation_failures
+            [turnpike_relay_core::turn::AllocFailure::Draining as usize],
+        1
+    );
+    // Without an alternate server the answer is 508; draining can be switched off again.
+    let mut h = H::new();
+    h.core.set_draining(true);
+    let a = h.auth(3, "bob", "builder");
+    assert_eq!(
+        h.authed(3, method::ALLOCATE, &[transport_udp()], &a).error,
+        Some(508)
+    );
+    h.core.set_draining(false);
+    let a = h.auth(3, "bob", "builder");
+    assert_eq!(
+        h.authed(3, method::ALLOCATE, &[transport_udp()], &a).error,
+        None
+    );
+}
+
+#[test]
 fn retransmitted_allocate_gets_the_same_answer_and_another_is_437() {
     let mut h = H::new();
     let auth = h.auth(1, "alice", "wonderland");

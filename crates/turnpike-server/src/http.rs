@@ -149,6 +149,11 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {failure}\n"),
         )
+    } else if shared.draining.load(Ordering::SeqCst) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: draining\n".to_owned(),
+        )
     } else if shared.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n".to_owned())
     } else {

@@ -119,6 +119,8 @@ pub struct Shared {
     /// Set when a part of the server stopped unexpectedly (a UDP worker or listener died);
     /// `/readyz` then reports unready with the reason.
     pub failure: std::sync::Mutex<Option<String>>,
+    /// TURN is draining: no new allocations; `/readyz` reports it.
+    pub draining: AtomicBool,
 }
 
 impl Shared {
@@ -164,6 +166,7 @@ impl Server {
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
             failure: std::sync::Mutex::new(None),
+            draining: AtomicBool::new(false),
         });
         let (tx, rx) = watch::channel(false);
         let addresses = config.stun_addresses();
@@ -346,6 +349,26 @@ impl RunningServer {
     /// The STUN addresses served (UDP and TCP).
     pub fn addresses(&self) -> &[SocketAddr] {
         &self.addresses
+    }
+
+    /// Starts draining: new TURN allocations are refused (300 Try Alternate or 508), existing
+    /// ones keep working, and `/readyz` reports `draining` so load balancers stop sending new
+    /// clients. Call [`RunningServer::shutdown`] when [`RunningServer::allocations`] reaches
+    /// zero or a deadline passes.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Live TURN allocations on all shards (as last published, at most 100 ms old).
+    pub fn allocations(&self) -> usize {
+        self.shared
+            .metrics
+            .shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| s.allocations)
+            .sum()
     }
 
     /// The TLS addresses served.

@@ -482,7 +482,13 @@ impl Shard {
         let mut again: Vec<Token> = Vec::new();
         let mut next: Vec<Token> = Vec::new();
         let mut last_publish = Instant::now();
+        let mut draining = false;
         while !self.stop.load(Ordering::Relaxed) {
+            let d = self.shared.draining.load(Ordering::Relaxed);
+            if d != draining {
+                draining = d;
+                self.core.set_draining(d);
+            }
             let now_t = now(self.start);
             let timeout = if again.is_empty() {
                 let mut t = POLL_INTERVAL;

@@ -122,6 +122,10 @@ pub struct FileConfig {
     ip_quota: Option<usize>,
     max_permissions: Option<usize>,
     max_channels: Option<usize>,
+    turn_url: Option<Vec<String>>,
+    drain: Option<bool>,
+    drain_timeout: Option<u64>,
+    alternate_server: Option<SocketAddr>,
 }
 
 impl FileConfig {
@@ -327,6 +331,26 @@ pub struct ServeArgs {
     /// Channel bindings per TURN allocation [default: 64].
     #[arg(long, env = "TURNPIKE_MAX_CHANNELS", value_name = "N")]
     pub max_channels: Option<usize>,
+    /// TURN URL the hub hands out instead of this server's own (repeatable; `{host}` is the
+    /// host the client used), e.g. for a fleet of TURN nodes sharing --auth-secret.
+    #[arg(
+        long,
+        env = "TURNPIKE_TURN_URL",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub turn_url: Vec<String>,
+    /// On SIGTERM/SIGINT, drain first: refuse new TURN allocations, report draining on
+    /// /readyz, and stop when the last allocation ends or --drain-timeout passes.
+    #[arg(long, env = "TURNPIKE_DRAIN")]
+    pub drain: bool,
+    /// Longest drain in seconds [default: 600].
+    #[arg(long, env = "TURNPIKE_DRAIN_TIMEOUT", value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
+    /// TURN server to send new clients to while draining (300 Try Alternate with
+    /// ALTERNATE-SERVER) [default: none, they get 508].
+    #[arg(long, env = "TURNPIKE_ALTERNATE_SERVER", value_name = "IP:PORT")]
+    pub alternate_server: Option<SocketAddr>,
     /// Print the merged configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -530,6 +554,15 @@ pub struct Settings {
     pub max_permissions: usize,
     /// Channel bindings per allocation.
     pub max_channels: usize,
+    /// TURN URLs the hub hands out instead of this server's own.
+    pub turn_url: Vec<String>,
+    /// Drain before stopping.
+    pub drain: bool,
+    /// Longest drain, seconds.
+    pub drain_timeout: u64,
+    /// Where to send new clients while draining.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alternate_server: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -574,6 +607,10 @@ impl Default for Settings {
             ip_quota: 64,
             max_permissions: 64,
             max_channels: 64,
+            turn_url: Vec::new(),
+            drain: false,
+            drain_timeout: 600,
+            alternate_server: None,
         }
     }
 }
@@ -709,6 +746,15 @@ impl Settings {
                 .max_channels
                 .or(file.max_channels)
                 .unwrap_or(d.max_channels),
+            turn_url: nonempty(&args.turn_url)
+                .or(file.turn_url)
+                .unwrap_or(d.turn_url),
+            drain: args.drain || file.drain.unwrap_or(d.drain),
+            drain_timeout: args
+                .drain_timeout
+                .or(file.drain_timeout)
+                .unwrap_or(d.drain_timeout),
+            alternate_server: args.alternate_server.or(file.alternate_server),
         }
     }
 
@@ -841,7 +887,20 @@ impl Settings {
         let (turn, tls) = self.turn_settings()?;
         let mut turn_urls = Vec::new();
         let mut hub_turn_secret = None;
-        if let Some(t) = &turn {
+        if !(1..=86_400).contains(&self.drain_timeout) {
+            bail!("--drain-timeout must be between 1 and 86400 seconds");
+        }
+        for u in &self.turn_url {
+            if !(u.starts_with("turn:") || u.starts_with("turns:")) {
+                bail!("--turn-url {u}: a TURN URL starts with turn: or turns:");
+            }
+        }
+        if let Some(t) = &turn
+            && !self.turn_url.is_empty()
+        {
+            turn_urls.clone_from(&self.turn_url);
+            hub_turn_secret = Some(t.hub_secret.clone());
+        } else if let Some(t) = &turn {
             turn_urls.push(format!("turn:{{host}}:{}?transport=udp", primary.port()));
             turn_urls.push(format!("turn:{{host}}:{}?transport=tcp", primary.port()));
             if let Some(tls) = &tls
@@ -1064,6 +1123,7 @@ impl Settings {
             ),
             max_permissions: self.max_permissions,
             max_channels: self.max_channels,
+            alternate_server: self.alternate_server,
             ..TurnConfig::default()
         };
 

@@ -72,6 +72,31 @@ fn serve(args: ServeArgs) -> Result<()> {
     runtime.block_on(async {
         let server = turnpike_server::Server::start(config).await?;
         let signal = shutdown_signal().await?;
+        if settings.drain && server.allocations() > 0 {
+            // Drain: no new allocations, /readyz unready; stop when the last allocation is
+            // gone, at the deadline, or on a second signal.
+            server.drain();
+            let deadline = Duration::from_secs(settings.drain_timeout);
+            tracing::info!(
+                signal,
+                allocations = server.allocations(),
+                deadline_secs = settings.drain_timeout,
+                "draining: refusing new allocations until the existing ones end"
+            );
+            let until_empty = async {
+                while server.allocations() > 0 {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            };
+            tokio::select! {
+                _ = until_empty => tracing::info!("drained: no allocations left"),
+                _ = tokio::time::sleep(deadline) => tracing::warn!(
+                    allocations = server.allocations(),
+                    "drain deadline passed; stopping with allocations left"
+                ),
+                s = shutdown_signal() => tracing::info!(signal = s?, "second signal: stopping now"),
+            }
+        }
         tracing::info!(signal, "shutting down");
         server.shutdown(Duration::from_secs(5)).await;
         Ok(())
