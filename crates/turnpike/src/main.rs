@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: STUN (RFC 8489, RFC 5780) on UDP and TCP, health and metrics endpoints.
+    /// Run the server: STUN and TURN on UDP, TCP and TLS, the signaling hub and web demo, health and metrics endpoints.
     Serve(Box<ServeArgs>),
     /// Classify this host's NAT (mapping, filtering, classic type) against an RFC 5780 server.
     NatCheck(natcheck::NatCheckArgs),
