@@ -83,6 +83,17 @@ pub struct ClientKey {
     pub remote: SocketAddr,
 }
 
+impl ClientKey {
+    /// The 5-tuple a message arrived on.
+    pub fn of(msg: &Incoming<'_>) -> Self {
+        ClientKey {
+            transport: msg.transport,
+            local: msg.local,
+            remote: msg.remote,
+        }
+    }
+}
+
 /// Which port an Allocate asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortRequest {
@@ -851,11 +862,7 @@ impl TurnServer {
         if !CHANNELS.contains(&number) || d.len() < 4 + len {
             return self.drop(TurnDrop::Malformed);
         }
-        let key = ClientKey {
-            transport: msg.transport,
-            local: msg.local,
-            remote: msg.remote,
-        };
+        let key = ClientKey::of(msg);
         let Some(&slot) = self.by_client.get(&key) else {
             return self.drop(TurnDrop::NoAllocation);
         };
@@ -888,11 +895,7 @@ impl TurnServer {
         view: &MessageView<'_>,
         now: Now,
     ) -> ClientAction {
-        let key = ClientKey {
-            transport: msg.transport,
-            local: msg.local,
-            remote: msg.remote,
-        };
+        let key = ClientKey::of(msg);
         let Some(&slot) = self.by_client.get(&key) else {
             return self.drop(TurnDrop::NoAllocation);
         };
@@ -1024,15 +1027,9 @@ impl TurnServer {
             fast::write_unknown_attributes(out, types);
         }
         self.finish(out, start, view, authed);
-        if authed.is_none() && out.len() - start > unauthenticated_limit(msg.data.len()) {
-            out.truncate(start);
-            return Action::Drop(DropReason::Amplification);
-        }
-        Action::Reply {
-            from: msg.local,
-            to: msg.remote,
-            error: Some(code),
-            path: Path::Fast,
+        match authed {
+            Some(_) => reply_to(msg, Some(code)),
+            None => bounded_reply(msg, out, start, code),
         }
     }
 
@@ -1082,16 +1079,7 @@ impl TurnServer {
         fast::write_attr(out, attr::NONCE, nonce.as_str().as_bytes());
         fast::write_attr(out, attr::PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS);
         self.finish(out, start, view, None);
-        if out.len() - start > unauthenticated_limit(msg.data.len()) {
-            out.truncate(start);
-            return Action::Drop(DropReason::Amplification);
-        }
-        Action::Reply {
-            from: msg.local,
-            to: msg.remote,
-            error: Some(code),
-            path: Path::Fast,
-        }
+        bounded_reply(msg, out, start, code)
     }
 
     fn auth_failure(&mut self, why: AuthFailure) {
@@ -1160,11 +1148,7 @@ impl TurnServer {
             // Shared-secret credentials expire for new allocations only: an allocation made
             // with them may still be refreshed (and get permissions and channels) with the
             // same credentials, so a call does not drop when its credentials' TTL passes.
-            let client = ClientKey {
-                transport: msg.transport,
-                local: msg.local,
-                remote: msg.remote,
-            };
+            let client = ClientKey::of(msg);
             let owns = self
                 .by_client
                 .get(&client)
@@ -1211,11 +1195,7 @@ impl TurnServer {
             Ok(x) => x,
             Err(action) => return action,
         };
-        let client = ClientKey {
-            transport: msg.transport,
-            local: msg.local,
-            remote: msg.remote,
-        };
+        let client = ClientKey::of(msg);
         let slot = self.by_client.get(&client).copied();
         if view.method == method::ALLOCATE {
             return self.allocate(
@@ -1246,12 +1226,7 @@ impl TurnServer {
                     fast::write_attr(out, attr::LIFETIME, &l.to_be_bytes());
                 }
                 self.finish(out, start, view, Some(&authed));
-                Action::Reply {
-                    from: msg.local,
-                    to: msg.remote,
-                    error: None,
-                    path: Path::Fast,
-                }
+                reply_to(msg, None)
             }
             Err(code) => self.error(msg, view, tid, code, None, Some(&authed), out),
         }
@@ -1439,12 +1414,7 @@ impl TurnServer {
                 fast::write_addr_attr(out, attr::ALTERNATE_SERVER, alt);
             }
             self.finish(out, start, view, Some(authed));
-            return Action::Reply {
-                from: msg.local,
-                to: msg.remote,
-                error: Some(code),
-                path: Path::Fast,
-            };
+            return reply_to(msg, Some(code));
         }
         let fail = |code: u16| -> (u16, AllocFailure) {
             let why = match code {
@@ -1560,11 +1530,7 @@ impl TurnServer {
         }
         let generation = self.generations[slot as usize];
         let expires = now.millis + u64::from(plan.lifetime) * 1000;
-        let client = ClientKey {
-            transport: msg.transport,
-            local: msg.local,
-            remote: msg.remote,
-        };
+        let client = ClientKey::of(msg);
         self.slots[slot as usize] = Some(Allocation {
             client,
             username,
@@ -1698,12 +1664,7 @@ impl TurnServer {
         }
         fast::write_xor_addr_attr(out, attr::XOR_MAPPED_ADDRESS, msg.remote, tid);
         self.finish(out, start, view, Some(authed));
-        Action::Reply {
-            from: msg.local,
-            to: msg.remote,
-            error: None,
-            path: Path::Fast,
-        }
+        reply_to(msg, None)
     }
 
     fn delete(&mut self, slot: u32, sockets: &mut dyn RelaySockets) {
@@ -1874,6 +1835,26 @@ fn deny_index(reason: DenyReason) -> usize {
 
 /// PASSWORD-ALGORITHMS as this server offers them: SHA-256 first, then MD5 (RFC 8489 §14.11).
 const PASSWORD_ALGORITHMS: [u8; 8] = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
+
+/// A reply to the client that sent `msg`, from the address it used.
+fn reply_to(msg: &Incoming<'_>, error: Option<u16>) -> Action {
+    Action::Reply {
+        from: msg.local,
+        to: msg.remote,
+        error,
+        path: Path::Fast,
+    }
+}
+
+/// The error reply to an unauthenticated request written at `out[start..]`, or a drop when it
+/// is over the amplification bound.
+fn bounded_reply(msg: &Incoming<'_>, out: &mut Vec<u8>, start: usize, code: u16) -> Action {
+    if out.len() - start > unauthenticated_limit(msg.data.len()) {
+        out.truncate(start);
+        return Action::Drop(DropReason::Amplification);
+    }
+    reply_to(msg, Some(code))
+}
 
 fn unauthenticated_limit(request_len: usize) -> usize {
     crate::reply_limit(request_len).max(UNAUTHENTICATED_REPLY_LIMIT)

@@ -481,6 +481,7 @@ impl Shard {
         // Sockets that still had data after their fair share: served again before blocking.
         let mut again: Vec<Token> = Vec::new();
         let mut next: Vec<Token> = Vec::new();
+        let mut tokens: Vec<Token> = Vec::new();
         let mut last_publish = Instant::now();
         let mut draining = false;
         while !self.stop.load(Ordering::Relaxed) {
@@ -508,12 +509,11 @@ impl Shard {
             }
             let now_t = now(self.start);
             next.clear();
-            let tokens = events
-                .iter()
-                .map(|e| e.token())
-                .chain(again.drain(..))
-                .collect::<Vec<_>>();
-            for token in tokens {
+            // `tokens` is reused across passes: no allocation per pass.
+            tokens.clear();
+            tokens.extend(events.iter().map(|e| e.token()));
+            tokens.append(&mut again);
+            for &token in &tokens {
                 let more = match token {
                     WAKER => {
                         self.commands(now_t, &mut out);
@@ -606,6 +606,24 @@ impl Shard {
         }
     }
 
+    /// Counts a Send indication (or dropped TURN message) in the STUN message metrics, the
+    /// same on every transport; ChannelData (no STUN method) is counted by the core only.
+    fn count_indication(
+        &mut self,
+        transport: Transport,
+        message: Option<(u16, turnpike_proto::Class)>,
+    ) {
+        if message.is_some() {
+            self.counters.count(
+                transport,
+                &Outcome {
+                    message,
+                    action: Action::Consumed,
+                },
+            );
+        }
+    }
+
     fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {
         self.relays.queue(relay, peer, payload);
     }
@@ -683,30 +701,12 @@ impl Shard {
                         peer,
                         payload,
                     } => {
-                        if let Some(m) = outcome.message {
-                            self.counters.count(
-                                Transport::Udp,
-                                &Outcome {
-                                    message: Some(m),
-                                    action: Action::Consumed,
-                                },
-                            );
-                        }
+                        self.count_indication(Transport::Udp, outcome.message);
                         if let Some(p) = data.get(payload) {
                             self.send_to_peer(relay, peer, p);
                         }
                     }
-                    ClientAction::Drop(_) => {
-                        if let Some(m) = outcome.message {
-                            self.counters.count(
-                                Transport::Udp,
-                                &Outcome {
-                                    message: Some(m),
-                                    action: Action::Consumed,
-                                },
-                            );
-                        }
-                    }
+                    ClientAction::Drop(_) => self.count_indication(Transport::Udp, outcome.message),
                 }
             }
             if !full {
@@ -828,11 +828,14 @@ impl Shard {
                             peer,
                             payload,
                         } => {
+                            self.count_indication(client.transport, outcome.message);
                             if let Some(p) = data.get(payload) {
                                 self.send_to_peer(relay, peer, p);
                             }
                         }
-                        ClientAction::Drop(_) => {}
+                        ClientAction::Drop(_) => {
+                            self.count_indication(client.transport, outcome.message)
+                        }
                     }
                     if self.core.has_allocation(&client) {
                         if self.streams.len() < MAX_STREAM_CLIENTS
