@@ -149,6 +149,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {failure}\n"),
         )
+    } else if shared.metrics.hub.cluster.load(Ordering::Relaxed)
+        && shared.metrics.hub.store_up.load(Ordering::Relaxed) == 0
+    {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: signaling store (redis) unreachable\n".to_owned(),
+        )
     } else if shared.draining.load(Ordering::SeqCst) {
         (
             StatusCode::SERVICE_UNAVAILABLE,

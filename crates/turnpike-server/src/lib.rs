@@ -18,6 +18,7 @@
 //! [`RunningServer::shutdown`] stops everything gracefully: `/readyz` turns unready, listeners
 //! stop, workers finish their current batch.
 
+pub mod cluster;
 pub mod demo;
 pub mod http;
 pub mod ledger;
@@ -239,7 +240,7 @@ impl Server {
             rx.clone(),
         );
         if let Some(l) = http_listener {
-            let hub = signal::spawn(config.signal.clone(), shared.clone(), rx.clone());
+            let hub = signal::spawn(config.signal.clone(), shared.clone(), rx.clone())?;
             tasks.push(tokio::spawn(http::serve_health(
                 l,
                 shared.clone(),

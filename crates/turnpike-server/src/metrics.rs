@@ -157,7 +157,7 @@ pub struct HubMetrics {
     /// Client messages by type (`turnpike_signal::protocol::CLIENT_TYPES` order).
     pub messages: [AtomicU64; 8],
     /// Errors sent by code (`ErrorCode::ALL` order).
-    pub errors: [AtomicU64; 12],
+    pub errors: [AtomicU64; 13],
     /// Successful resumes.
     pub resumes: AtomicU64,
     /// Sessions whose resume window expired.
@@ -166,6 +166,16 @@ pub struct HubMetrics {
     pub closed: AtomicU64,
     /// Connections closed because they did not read their messages (counted by the adapter).
     pub slow_closed: AtomicU64,
+    /// Cluster mode (`--redis`): the store metrics below are rendered.
+    pub cluster: std::sync::atomic::AtomicBool,
+    /// 1 while the node reaches Redis.
+    pub store_up: AtomicU64,
+    /// Redis operations that failed or timed out.
+    pub store_errors: AtomicU64,
+    /// Times the link to Redis came back after a loss.
+    pub store_reconnects: AtomicU64,
+    /// Nodes this node found dead (heartbeat expired) and whose sessions it detached.
+    pub dead_nodes: AtomicU64,
 }
 
 impl HubMetrics {
@@ -251,6 +261,37 @@ impl HubMetrics {
                 "turnpike_hub_slow_clients_closed_total",
                 "Connections closed because they did not read their messages.",
                 &self.slow_closed,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        if !self.cluster.load(Relaxed) {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "# HELP turnpike_hub_store_up 1 while this hub node reaches Redis.\n# TYPE turnpike_hub_store_up gauge\nturnpike_hub_store_up {}",
+            self.store_up.load(Relaxed)
+        );
+        for (name, help, v) in [
+            (
+                "turnpike_hub_store_errors_total",
+                "Redis operations that failed or timed out.",
+                &self.store_errors,
+            ),
+            (
+                "turnpike_hub_store_reconnects_total",
+                "Times the link to Redis came back after a loss.",
+                &self.store_reconnects,
+            ),
+            (
+                "turnpike_hub_dead_nodes_total",
+                "Hub nodes this node found silent, whose sessions it moved to the resume window.",
+                &self.dead_nodes,
             ),
         ] {
             let _ = writeln!(

@@ -36,6 +36,9 @@ pub struct SignalConfig {
     /// Browser origins allowed to open `/v1/ws` (empty: any). Clients that send no `Origin`
     /// (not browsers) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// With Redis, the hub is one node of a cluster sharing rooms through it
+    /// ([`crate::cluster`]); without, rooms live in this process.
+    pub redis: Option<crate::cluster::RedisConfig>,
 }
 
 enum Event {
@@ -57,12 +60,16 @@ enum Event {
     },
 }
 
-enum Out {
+/// A frame for a connection's writer.
+pub(crate) enum Out {
+    /// A text frame.
     Text(String),
+    /// A close frame; the writer stops after it.
     Close(u16, &'static str),
 }
 
-fn now() -> Now {
+/// The current time, both ways.
+pub(crate) fn now() -> Now {
     Now {
         mono: Instant::now(),
         unix: SystemTime::now()
@@ -71,35 +78,61 @@ fn now() -> Now {
     }
 }
 
+/// Where connections go: the in-process hub task, or a cluster node.
+#[derive(Clone)]
+enum Mode {
+    Local(mpsc::Sender<Event>),
+    Cluster(Arc<crate::cluster::Node>),
+}
+
 /// State shared by the HTTP handlers.
 #[derive(Clone)]
 pub struct SignalState {
-    tx: mpsc::Sender<Event>,
+    mode: Mode,
     next_conn: Arc<AtomicU64>,
     allowed_origins: Arc<Vec<String>>,
     ice: Arc<IceConfig>,
     max_message_bytes: usize,
 }
 
-/// Starts the hub task; it ends when `shutdown` fires.
+/// Starts the hub (a task, or a cluster node's Redis supervisor); it ends when `shutdown`
+/// fires. Fails only on an invalid Redis URL.
 pub fn spawn(
     config: SignalConfig,
     shared: Arc<crate::Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) -> SignalState {
-    let (tx, mut rx) = mpsc::channel::<Event>(HUB_QUEUE);
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id()).rotate_left(29);
-    let state = SignalState {
-        tx,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<SignalState> {
+    let state = |mode| SignalState {
+        mode,
         next_conn: Arc::new(AtomicU64::new(1)),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
         ice: Arc::new(config.hub.ice.clone()),
         max_message_bytes: config.hub.max_message_bytes,
     };
-    let mut hub = Hub::new(config.hub, seed);
+    if let Some(redis) = config.redis.clone() {
+        let node = crate::cluster::spawn(config.hub.clone(), redis, shared, shutdown)?;
+        return Ok(state(Mode::Cluster(node)));
+    }
+    let (tx, rx) = mpsc::channel::<Event>(HUB_QUEUE);
+    let st = state(Mode::Local(tx));
+    spawn_local(config.hub, shared, shutdown, rx);
+    Ok(st)
+}
+
+/// The in-process hub: one task owns the [`Hub`].
+fn spawn_local(
+    config: HubConfig,
+    shared: Arc<crate::Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    mut rx: mpsc::Receiver<Event>,
+) {
+    // Session ids are bearer tokens for `resume`: key their generator from the OS.
+    let mut key = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut key) {
+        tracing::error!(error = %e, "no random source for session ids");
+        shared.fail(format!("no random source: {e}"));
+    }
+    let mut hub = Hub::with_key(config, key);
     tokio::spawn(async move {
         let mut conns: HashMap<ConnId, mpsc::Sender<Out>> = HashMap::new();
         loop {
@@ -176,7 +209,6 @@ pub fn spawn(
             let _ = q.try_send(Out::Close(1001, "server shutting down"));
         }
     });
-    state
 }
 
 /// The host the client used, without port (for `{host}` in ICE URLs).
@@ -217,6 +249,38 @@ async fn ws(
             return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
         }
     }
+    // Frames somewhat over the limit still reach the hub, which answers message-too-large;
+    // far larger ones are refused by the WebSocket layer.
+    let max = st.max_message_bytes.saturating_mul(2).max(1024);
+    // A 4 KiB read buffer instead of tungstenite's 128 KiB default: idle connections cost
+    // about 10 KiB instead of 138 KiB (measured with hub-load), and signaling messages are
+    // small; larger ones still arrive, in several reads.
+    let upgrade = upgrade
+        .read_buffer_size(4096)
+        .max_message_size(max)
+        .max_frame_size(max);
+    let tx = match &st.mode {
+        Mode::Local(tx) => tx.clone(),
+        Mode::Cluster(node) => {
+            let node = node.clone();
+            if !node.is_up() {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "signaling store unreachable; retry shortly\n",
+                )
+                    .into_response();
+            }
+            let conn = match node.admit(addr.ip()) {
+                Ok(c) => c,
+                Err(e) => return refused(e),
+            };
+            // Gives the admission back however the upgrade ends.
+            let guard = crate::cluster::Admitted::new(node.clone(), addr.ip());
+            let host = request_host(&headers);
+            return upgrade
+                .on_upgrade(move |socket| crate::cluster::serve_socket(guard, socket, conn, host));
+        }
+    };
     let conn = ConnId(st.next_conn.fetch_add(1, Ordering::Relaxed));
     let (reply, answer) = oneshot::channel();
     let host = request_host(&headers);
@@ -226,62 +290,63 @@ async fn ws(
         host,
         reply,
     };
-    if st.tx.send(event).await.is_err() {
+    if tx.send(event).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     let rx = match answer.await {
         Ok(Ok(rx)) => rx,
-        Ok(Err(ConnectError::TooManyFromIp)) => {
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from this address\n",
-            )
-                .into_response();
-        }
-        Ok(Err(ConnectError::TooManyConnections)) | Err(_) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
-        }
+        Ok(Err(e)) => return refused(e),
+        Err(_) => return refused(ConnectError::TooManyConnections),
     };
-    let tx = st.tx.clone();
-    // Frames somewhat over the limit still reach the hub, which answers message-too-large;
-    // far larger ones are refused by the WebSocket layer.
-    let max = st.max_message_bytes.saturating_mul(2).max(1024);
-    // A 4 KiB read buffer instead of tungstenite's 128 KiB default: idle connections cost
-    // about 10 KiB instead of 138 KiB (measured with hub-load), and signaling messages are
-    // small; larger ones still arrive, in several reads.
-    upgrade
-        .read_buffer_size(4096)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| serve_socket(socket, conn, rx, tx))
+    upgrade.on_upgrade(move |socket| serve_socket(socket, conn, rx, tx))
+}
+
+/// The HTTP answer to a connection the hub refused.
+fn refused(e: ConnectError) -> Response {
+    match e {
+        ConnectError::TooManyFromIp => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address\n",
+        )
+            .into_response(),
+        ConnectError::TooManyConnections => {
+            (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response()
+        }
+    }
+}
+
+/// Sends a connection's frames until its queue closes or a close frame goes out.
+pub(crate) async fn write_frames(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Out>,
+) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Out::Text(t) => {
+                if sink.send(Message::Text(t.into())).await.is_err() {
+                    break;
+                }
+            }
+            Out::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                break;
+            }
+        }
+    }
 }
 
 async fn serve_socket(
     socket: WebSocket,
     conn: ConnId,
-    mut rx: mpsc::Receiver<Out>,
+    rx: mpsc::Receiver<Out>,
     tx: mpsc::Sender<Event>,
 ) {
-    let (mut sink, mut stream) = socket.split();
-    let writer = async move {
-        while let Some(out) = rx.recv().await {
-            match out {
-                Out::Text(t) => {
-                    if sink.send(Message::Text(t.into())).await.is_err() {
-                        break;
-                    }
-                }
-                Out::Close(code, reason) => {
-                    let frame = CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    break;
-                }
-            }
-        }
-    };
+    let (sink, mut stream) = socket.split();
+    let writer = write_frames(sink, rx);
     let reader = {
         let tx = tx.clone();
         async move {

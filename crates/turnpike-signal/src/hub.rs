@@ -28,6 +28,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::creds::IceConfig;
+use crate::ids::IdGen;
 use crate::jwt;
 use crate::protocol::{self, ClientMsg, ErrorCode, ServerMsg, SessionInfo};
 
@@ -136,7 +137,7 @@ pub struct Stats {
     /// Client messages by type (index into [`protocol::CLIENT_TYPES`]).
     pub messages: [u64; 8],
     /// Errors sent, by code (index into [`ErrorCode::ALL`]).
-    pub errors: [u64; 12],
+    pub errors: [u64; 13],
     /// Successful resumes.
     pub resumes: u64,
     /// Sessions whose resume window expired.
@@ -145,9 +146,78 @@ pub struct Stats {
     pub closed_by_hub: u64,
 }
 
-struct Bucket {
+/// A per-connection token bucket for the message rate.
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub(crate) fn new(config: &HubConfig, now: Instant) -> Self {
+        Bucket {
+            tokens: f64::from(config.message_burst.max(1)),
+            at: now,
+        }
+    }
+
+    /// Takes a token if one is left.
+    pub(crate) fn take(&mut self, config: &HubConfig, now: Instant) -> bool {
+        let rate = f64::from(config.messages_per_second.max(1));
+        let burst = f64::from(config.message_burst.max(1));
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// Checks a `join`'s room, peer id and token; returns the peer id to use (the token may bind
+/// one), or the error to send.
+pub(crate) fn check_join(
+    config: &HubConfig,
+    unix: u64,
+    room: &str,
+    peer_id: Option<String>,
+    token: Option<String>,
+) -> Result<Option<String>, (ErrorCode, String)> {
+    if !valid_id(room) {
+        return Err((
+            ErrorCode::BadRequest,
+            "room names are 1-64 characters of A-Z a-z 0-9 - _ .".to_owned(),
+        ));
+    }
+    if peer_id.as_deref().is_some_and(|p| !valid_id(p)) {
+        return Err((
+            ErrorCode::BadRequest,
+            "peer ids are 1-64 characters of A-Z a-z 0-9 - _ .".to_owned(),
+        ));
+    }
+    let Some(secret) = &config.hub_secret else {
+        return Ok(peer_id);
+    };
+    let Some(token) = token else {
+        return Err((
+            ErrorCode::Unauthorized,
+            "this hub needs a token to join".to_owned(),
+        ));
+    };
+    match jwt::verify(&token, secret, room, unix) {
+        Ok(claims) => match (claims.peer_id, peer_id) {
+            (Some(bound), Some(asked)) if bound != asked => Err((
+                ErrorCode::Unauthorized,
+                jwt::JwtError::WrongPeer.to_string(),
+            )),
+            (Some(bound), _) => Ok(Some(bound)),
+            (None, asked) => Ok(asked),
+        },
+        Err(e) => Err((ErrorCode::Unauthorized, e.to_string())),
+    }
 }
 
 struct Conn {
@@ -196,8 +266,31 @@ pub struct Hub {
     /// room -> peer id -> session id (sorted, so presence lists are stable).
     rooms: HashMap<String, BTreeMap<String, String>>,
     out: VecDeque<Output>,
-    rng: u64,
+    ids: IdGen,
     stats: Stats,
+}
+
+/// The rate, size and syntax checks every client message passes first.
+pub(crate) fn admit(
+    config: &HubConfig,
+    bucket: &mut Bucket,
+    now: Instant,
+    text: &str,
+) -> Result<ClientMsg, (ErrorCode, String)> {
+    if !bucket.take(config, now) {
+        return Err((
+            ErrorCode::RateLimited,
+            "too many messages; slow down".to_owned(),
+        ));
+    }
+    if text.len() > config.max_message_bytes {
+        let max = config.max_message_bytes;
+        return Err((
+            ErrorCode::MessageTooLarge,
+            format!("messages are limited to {max} bytes"),
+        ));
+    }
+    protocol::parse(text)
 }
 
 fn valid_id(s: &str) -> bool {
@@ -207,8 +300,19 @@ fn valid_id(s: &str) -> bool {
 }
 
 impl Hub {
-    /// A hub with `config`; `seed` feeds session and peer id generation (pass a random value).
+    /// A hub with `config`; `seed` keys session and peer id generation. For tests: a server
+    /// uses [`Hub::with_key`] with 32 random bytes, since session ids must be unguessable.
     pub fn new(config: HubConfig, seed: u64) -> Self {
+        Self::with_ids(config, IdGen::from_seed(seed))
+    }
+
+    /// A hub whose session and peer ids come from a generator keyed with `key` (pass 32
+    /// bytes from the operating system's random source).
+    pub fn with_key(config: HubConfig, key: [u8; 32]) -> Self {
+        Self::with_ids(config, IdGen::new(key))
+    }
+
+    fn with_ids(config: HubConfig, ids: IdGen) -> Self {
         Hub {
             config,
             timers: BTreeSet::new(),
@@ -217,7 +321,7 @@ impl Hub {
             sessions: HashMap::new(),
             rooms: HashMap::new(),
             out: VecDeque::new(),
-            rng: seed | 1,
+            ids,
             stats: Stats::default(),
         }
     }
@@ -249,19 +353,6 @@ impl Hub {
         at.checked_add(self.config.resume_window)
     }
 
-    fn random_hex(&mut self, bytes: usize) -> String {
-        let mut s = String::with_capacity(bytes * 2);
-        while s.len() < bytes * 2 {
-            self.rng ^= self.rng >> 12;
-            self.rng ^= self.rng << 25;
-            self.rng ^= self.rng >> 27;
-            let v = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            s.push_str(&format!("{v:016x}"));
-        }
-        s.truncate(bytes * 2);
-        s
-    }
-
     /// A new connection from `ip`. On error the adapter refuses it (HTTP 503/429).
     pub fn handle_connect(
         &mut self,
@@ -289,7 +380,6 @@ impl Hub {
             return Err(ConnectError::TooManyFromIp);
         }
         self.per_ip.insert(ip, n + 1);
-        let burst = f64::from(self.config.message_burst.max(1));
         let timer_at = now.mono.checked_add(self.config.keepalive_timeout);
         if let Some(at) = timer_at {
             self.timers.insert((at, TimerKey::Conn(conn)));
@@ -301,10 +391,7 @@ impl Hub {
                 ip,
                 host,
                 session: None,
-                bucket: Bucket {
-                    tokens: burst,
-                    at: now.mono,
-                },
+                bucket: Bucket::new(&self.config, now.mono),
                 last_rx: now.mono,
                 strikes: 0,
             },
@@ -354,46 +441,11 @@ impl Hub {
             return;
         };
         c.last_rx = now.mono;
-        // Token bucket.
-        let rate = f64::from(self.config.messages_per_second.max(1));
-        let burst = f64::from(self.config.message_burst.max(1));
-        let elapsed = now
-            .mono
-            .saturating_duration_since(c.bucket.at)
-            .as_secs_f64();
-        c.bucket.tokens = (c.bucket.tokens + elapsed * rate).min(burst);
-        c.bucket.at = now.mono;
-        if c.bucket.tokens < 1.0 {
-            return self.error(
-                conn,
-                ErrorCode::RateLimited,
-                "too many messages; slow down".to_owned(),
-            );
-        }
-        c.bucket.tokens -= 1.0;
-        if text.len() > self.config.max_message_bytes {
-            let max = self.config.max_message_bytes;
-            return self.error(
-                conn,
-                ErrorCode::MessageTooLarge,
-                format!("messages are limited to {max} bytes"),
-            );
-        }
-        let msg = match protocol::parse(text) {
+        let msg = match admit(&self.config, &mut c.bucket, now.mono, text) {
             Ok(m) => m,
             Err((code, message)) => return self.error(conn, code, message),
         };
-        let idx = match &msg {
-            ClientMsg::Join { .. } => 0,
-            ClientMsg::Offer { .. } => 1,
-            ClientMsg::Answer { .. } => 2,
-            ClientMsg::Candidate { .. } => 3,
-            ClientMsg::Bye { .. } => 4,
-            ClientMsg::Leave => 5,
-            ClientMsg::Ping => 6,
-            ClientMsg::Resume { .. } => 7,
-        };
-        self.stats.messages[idx] += 1;
+        self.stats.messages[msg.type_index()] += 1;
         let ok = match msg {
             ClientMsg::Join {
                 room,
@@ -598,53 +650,13 @@ impl Hub {
             );
             return false;
         }
-        if !valid_id(&room) {
-            self.error(
-                conn,
-                ErrorCode::BadRequest,
-                "room names are 1-64 characters of A-Z a-z 0-9 - _ .".to_owned(),
-            );
-            return false;
-        }
-        if let Some(p) = &peer_id {
-            if !valid_id(p) {
-                self.error(
-                    conn,
-                    ErrorCode::BadRequest,
-                    "peer ids are 1-64 characters of A-Z a-z 0-9 - _ .".to_owned(),
-                );
+        let peer_id = match check_join(&self.config, now.unix, &room, peer_id, token) {
+            Ok(p) => p,
+            Err((code, message)) => {
+                self.error(conn, code, message);
                 return false;
             }
-        }
-        let mut peer_id = peer_id;
-        if let Some(secret) = self.config.hub_secret.clone() {
-            let Some(token) = token else {
-                self.error(
-                    conn,
-                    ErrorCode::Unauthorized,
-                    "this hub needs a token to join".to_owned(),
-                );
-                return false;
-            };
-            match jwt::verify(&token, &secret, &room, now.unix) {
-                Ok(claims) => match (claims.peer_id, &peer_id) {
-                    (Some(bound), Some(asked)) if bound != *asked => {
-                        self.error(
-                            conn,
-                            ErrorCode::Unauthorized,
-                            jwt::JwtError::WrongPeer.to_string(),
-                        );
-                        return false;
-                    }
-                    (Some(bound), _) => peer_id = Some(bound),
-                    (None, _) => {}
-                },
-                Err(e) => {
-                    self.error(conn, ErrorCode::Unauthorized, e.to_string());
-                    return false;
-                }
-            }
-        }
+        };
         let room_peers = self.rooms.get(&room).map_or(0, BTreeMap::len);
         if room_peers == 0 && self.rooms.len() >= self.config.max_rooms {
             self.error(
@@ -676,13 +688,13 @@ impl Hub {
                 p
             }
             None => loop {
-                let p = format!("p-{}", self.random_hex(4));
+                let p = format!("p-{}", self.ids.hex(4));
                 if !self.rooms.get(&room).is_some_and(|r| r.contains_key(&p)) {
                     break p;
                 }
             },
         };
-        let sid = self.random_hex(16);
+        let sid = self.ids.hex(16);
         self.sessions.insert(
             sid.clone(),
             Session {

@@ -16,8 +16,10 @@
 //! send / close  ◀───────────────────────── poll_output()
 //! ```
 
+pub mod cluster;
 pub mod creds;
 pub mod hub;
+pub mod ids;
 pub mod jwt;
 pub mod protocol;
 

@@ -59,6 +59,22 @@ pub enum ClientMsg {
     },
 }
 
+impl ClientMsg {
+    /// The index of this message's type in [`CLIENT_TYPES`] (for counters).
+    pub const fn type_index(&self) -> usize {
+        match self {
+            ClientMsg::Join { .. } => 0,
+            ClientMsg::Offer { .. } => 1,
+            ClientMsg::Answer { .. } => 2,
+            ClientMsg::Candidate { .. } => 3,
+            ClientMsg::Bye { .. } => 4,
+            ClientMsg::Leave => 5,
+            ClientMsg::Ping => 6,
+            ClientMsg::Resume { .. } => 7,
+        }
+    }
+}
+
 /// The types a client may send (for `unknown-type` errors).
 pub const CLIENT_TYPES: [&str; 8] = [
     "join",
@@ -100,11 +116,13 @@ pub enum ErrorCode {
     AlreadyJoined,
     /// The wanted peer id is in use in the room.
     PeerIdTaken,
+    /// The hub cannot reach its shared store (cluster mode): retry shortly.
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,
         ErrorCode::PeerNotFound,
@@ -117,6 +135,7 @@ impl ErrorCode {
         ErrorCode::NotJoined,
         ErrorCode::AlreadyJoined,
         ErrorCode::PeerIdTaken,
+        ErrorCode::Unavailable,
     ];
 
     /// The wire name.
@@ -134,6 +153,7 @@ impl ErrorCode {
             ErrorCode::NotJoined => "not-joined",
             ErrorCode::AlreadyJoined => "already-joined",
             ErrorCode::PeerIdTaken => "peer-id-taken",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -16,6 +16,32 @@ use serde::{Deserialize, Serialize};
 use turnpike_relay_core::{AddressSet, StunConfig};
 use turnpike_server::ServerConfig;
 
+/// Prints a Redis URL with any password replaced by `***`.
+fn serialize_redacted_url<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let shown = url.as_deref().map(redact_url);
+    match shown {
+        Some(u) => s.serialize_some(&u),
+        None => s.serialize_none(),
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// An address that can be switched off: `IP:PORT` or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -106,6 +132,9 @@ pub struct FileConfig {
     hub_keepalive_timeout: Option<u64>,
     hub_resume_window: Option<u64>,
     hub_replay_cap: Option<usize>,
+    redis: Option<String>,
+    redis_prefix: Option<String>,
+    redis_node_timeout: Option<u64>,
     realm: Option<String>,
     user: Option<Vec<String>>,
     auth_secret: Option<Vec<String>>,
@@ -240,6 +269,18 @@ pub struct ServeArgs {
     /// Messages kept per signaling session for replay on resume [default: 256].
     #[arg(long, env = "TURNPIKE_HUB_REPLAY_CAP", value_name = "N")]
     pub hub_replay_cap: Option<usize>,
+    /// Run the hub as one node of a cluster sharing rooms through this Redis
+    /// (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`) [default: none: rooms live in this process].
+    #[arg(long, env = "TURNPIKE_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+    /// Prefix of the hub's Redis keys and channels (clusters sharing one Redis need different
+    /// prefixes) [default: turnpike:].
+    #[arg(long, env = "TURNPIKE_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// Seconds without a heartbeat after which a hub node counts as dead and its sessions
+    /// enter the resume window [default: 10].
+    #[arg(long, env = "TURNPIKE_REDIS_NODE_TIMEOUT", value_name = "N")]
+    pub redis_node_timeout: Option<u64>,
     /// TURN realm (REALM attribute; part of the long-term key) [default: turnpike].
     #[arg(long, env = "TURNPIKE_REALM", value_name = "REALM")]
     pub realm: Option<String>,
@@ -518,6 +559,16 @@ pub struct Settings {
     pub hub_resume_window: u64,
     /// Messages kept per signaling session for replay on resume.
     pub hub_replay_cap: usize,
+    /// Redis URL of the hub cluster (printed without its password).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_redacted_url"
+    )]
+    pub redis: Option<String>,
+    /// Prefix of the hub's Redis keys.
+    pub redis_prefix: String,
+    /// Seconds without a heartbeat before a hub node counts as dead.
+    pub redis_node_timeout: u64,
     /// TURN realm.
     pub realm: String,
     /// Static users (never printed: they hold passwords).
@@ -591,6 +642,9 @@ impl Default for Settings {
             hub_keepalive_timeout: 60,
             hub_resume_window: 30,
             hub_replay_cap: 256,
+            redis: None,
+            redis_prefix: "turnpike:".to_owned(),
+            redis_node_timeout: 10,
             realm: "turnpike".to_owned(),
             user: Vec::new(),
             auth_secret: Vec::new(),
@@ -706,6 +760,16 @@ impl Settings {
                 .hub_replay_cap
                 .or(file.hub_replay_cap)
                 .unwrap_or(d.hub_replay_cap),
+            redis: args.redis.clone().or(file.redis).filter(|s| !s.is_empty()),
+            redis_prefix: args
+                .redis_prefix
+                .clone()
+                .or(file.redis_prefix)
+                .unwrap_or(d.redis_prefix),
+            redis_node_timeout: args
+                .redis_node_timeout
+                .or(file.redis_node_timeout)
+                .unwrap_or(d.redis_node_timeout),
             realm: args.realm.clone().or(file.realm).unwrap_or(d.realm),
             user: nonempty(&args.user).or(file.user).unwrap_or(d.user),
             auth_secret: nonempty(&args.auth_secret)
@@ -877,6 +941,26 @@ impl Settings {
         if !(1..=100000).contains(&self.hub_replay_cap) {
             bail!("--hub-replay-cap must be between 1 and 100000");
         }
+        if let Some(url) = &self.redis {
+            if !url.starts_with("redis://") {
+                bail!(
+                    "--redis must be a redis:// URL (redis://[USER:PASSWORD@]HOST:PORT[/DB]); \
+                     TLS (rediss://) and Unix sockets are not supported"
+                );
+            }
+        }
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.len() > 64
+            || self
+                .redis_prefix
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            bail!("--redis-prefix must be 1-64 characters without spaces");
+        }
+        if !(2..=15).contains(&self.redis_node_timeout) {
+            bail!("--redis-node-timeout must be between 2 and 15 seconds");
+        }
         if !(60..=86_400).contains(&self.ice_ttl) {
             bail!("--ice-ttl must be between 60 and 86400 seconds");
         }
@@ -940,6 +1024,14 @@ impl Settings {
                 max_strikes: turnpike_signal::HubConfig::default().max_strikes,
             },
             allowed_origins: self.allowed_origin.clone(),
+            redis: self
+                .redis
+                .as_ref()
+                .map(|url| turnpike_server::cluster::RedisConfig {
+                    url: url.clone(),
+                    prefix: self.redis_prefix.clone(),
+                    node_timeout: Duration::from_secs(self.redis_node_timeout),
+                }),
         };
         let udp_workers = match self.udp_workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -1210,6 +1302,31 @@ mod tests {
             Settings::default(),
             "the example documents the defaults"
         );
+    }
+
+    #[test]
+    fn redis_url_is_printed_without_its_password() {
+        assert_eq!(
+            redact_url("redis://app:s3cret@10.0.0.5:6379/2"),
+            "redis://app:***@10.0.0.5:6379/2"
+        );
+        assert_eq!(redact_url("redis://:s3cret@r:6379"), "redis://:***@r:6379");
+        assert_eq!(redact_url("redis://r:6379/"), "redis://r:6379/");
+        let s = Settings::merge(
+            FileConfig::default(),
+            &args(|a| a.redis = Some("redis://:pw@127.0.0.1:6379/".into())),
+        );
+        let toml = s.to_toml().unwrap();
+        assert!(
+            toml.contains("redis = \"redis://:***@127.0.0.1:6379/\""),
+            "{toml}"
+        );
+        assert!(!toml.contains("pw@"), "{toml}");
+        let bad = Settings::merge(
+            FileConfig::default(),
+            &args(|a| a.redis = Some("rediss://r:6379".into())),
+        );
+        assert!(bad.server_config().is_err());
     }
 
     #[test]
