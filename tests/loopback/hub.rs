@@ -9,10 +9,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::server::{Server, free_port, http_get};
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(srv: &Server) -> Ws {
+pub(crate) async fn connect(srv: &Server) -> Ws {
     let url = format!("ws://{}/v1/ws", srv.http);
     let (ws, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -20,13 +20,13 @@ async fn connect(srv: &Server) -> Ws {
     ws
 }
 
-async fn send(ws: &mut Ws, v: Value) {
+pub(crate) async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into()))
         .await
         .expect("send");
 }
 
-async fn recv(ws: &mut Ws) -> Value {
+pub(crate) async fn recv(ws: &mut Ws) -> Value {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(3), ws.next())
             .await

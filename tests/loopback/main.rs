@@ -3,11 +3,14 @@
 //! Each test starts its own server on free ports of 127.0.0.1 / 127.0.0.2 / ::1 (all of
 //! 127.0.0.0/8 is loopback on Linux), talks to it with plain std sockets, and stops it.
 
+mod cluster;
 mod hub;
 mod peer;
+mod redis;
 mod server;
 mod stun;
 mod turn;
+mod turn_fleet;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

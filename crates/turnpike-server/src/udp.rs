@@ -485,11 +485,6 @@ impl Shard {
         let mut last_publish = Instant::now();
         let mut draining = false;
         while !self.stop.load(Ordering::Relaxed) {
-            let d = self.shared.draining.load(Ordering::Relaxed);
-            if d != draining {
-                draining = d;
-                self.core.set_draining(d);
-            }
             let now_t = now(self.start);
             let timeout = if again.is_empty() {
                 let mut t = POLL_INTERVAL;
@@ -506,6 +501,14 @@ impl Shard {
                     return;
                 }
                 continue;
+            }
+            // Read after the wait, so the datagrams that ended it already see a drain that
+            // began meanwhile (read before, an Allocate could slip in up to a poll interval
+            // after /readyz said draining).
+            let d = self.shared.draining.load(Ordering::Relaxed);
+            if d != draining {
+                draining = d;
+                self.core.set_draining(d);
             }
             let now_t = now(self.start);
             next.clear();

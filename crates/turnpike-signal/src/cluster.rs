@@ -368,7 +368,12 @@ impl ClusterConn {
                         "this connection is already in a room".to_owned(),
                     );
                 }
-                if session.is_empty() || session.len() > 64 {
+                // Session ids are hex; anything else cannot name one (and never reaches
+                // the store's key space).
+                if session.is_empty()
+                    || session.len() > 64
+                    || !session.bytes().all(|b| b.is_ascii_hexdigit())
+                {
                     return self.error(
                         config,
                         ErrorCode::SessionNotFound,

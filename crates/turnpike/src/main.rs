@@ -46,12 +46,27 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() -> Result<&'static str> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => { r.context("cannot install the SIGINT handler")?; Ok("SIGINT") }
-        _ = term.recv() => Ok("SIGTERM"),
+/// SIGTERM and SIGINT, listened to from start-up on: a signal that arrives while the server
+/// is busy between two waits (say, starting a drain) is kept for the next wait, not lost.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
     }
 }
 
@@ -70,12 +85,19 @@ fn serve(args: ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let mut signals = Signals::new()?;
         let server = turnpike_server::Server::start(config).await?;
-        let signal = shutdown_signal().await?;
-        if settings.drain && server.allocations() > 0 {
+        let signal = signals.next().await;
+        if settings.drain {
             // Drain: no new allocations, /readyz unready; stop when the last allocation is
-            // gone, at the deadline, or on a second signal.
+            // gone, at the deadline, or on a second signal. Workers publish their allocation
+            // counts every 100 ms: wait for a count that includes every Allocate granted
+            // before the drain began, or an allocation made just before the signal would be
+            // cut off.
             server.drain();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if settings.drain && server.allocations() > 0 {
             let deadline = Duration::from_secs(settings.drain_timeout);
             tracing::info!(
                 signal,
@@ -94,7 +116,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                     allocations = server.allocations(),
                     "drain deadline passed; stopping with allocations left"
                 ),
-                s = shutdown_signal() => tracing::info!(signal = s?, "second signal: stopping now"),
+                s = signals.next() => tracing::info!(signal = s, "second signal: stopping now"),
             }
         }
         tracing::info!(signal, "shutting down");

@@ -363,10 +363,15 @@ impl Node {
             .await
             .is_none()
         {
-            let mut lost = self.lost_detaches.lock().unwrap_or_else(|e| e.into_inner());
-            if lost.len() < MAX_LOST_DETACHES {
-                lost.push((sid.to_owned(), conn));
-            }
+            self.detach_later(sid, conn);
+        }
+    }
+
+    /// Remembers a detach to retry once Redis answers again (bounded).
+    fn detach_later(&self, sid: &str, conn: u64) {
+        let mut lost = self.lost_detaches.lock().unwrap_or_else(|e| e.into_inner());
+        if lost.len() < MAX_LOST_DETACHES {
+            lost.push((sid.to_owned(), conn));
         }
     }
 
@@ -599,15 +604,13 @@ async fn supervise(node: Arc<Node>, client: redis::Client, mut shutdown: watch::
         *node.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link);
         let mut stream = pubsub.into_on_message();
         // Register before serving: a first heartbeat that finds the node unknown is normal.
-        let Some(first) = heartbeat(&node).await else {
+        if heartbeat(&node).await.is_none() {
             *node.link.write().unwrap_or_else(|e| e.into_inner()) = None;
             continue;
-        };
-        if connected_before || first {
-            // After a reconnect (or if the node id was somehow known), re-attach sessions.
-            if connected_before {
-                node.reconcile().await;
-            }
+        }
+        if connected_before {
+            // Sessions may have been detached, ended or lost meanwhile: re-attach them.
+            node.reconcile().await;
         }
         node.set_up(true);
         if connected_before {
@@ -774,10 +777,7 @@ pub(crate) async fn serve_socket(
                     if reply == Reply::Unavailable {
                         if let Request::Join { sid, .. } | Request::Resume { sid, .. } = &req {
                             // It may have happened in Redis: undo it once Redis answers.
-                            node.lost_detaches
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push((sid.clone(), conn));
+                            node.detach_later(sid, conn);
                         }
                     }
                     core.handle_reply(hub, now(), reply);
