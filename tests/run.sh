@@ -17,7 +17,16 @@ apt_install() {
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || die "apt-get update failed"
-  apt-get install -y -qq --no-install-recommends "$@" >/dev/null || die "apt-get install $* failed"
+  # Packages must not start their services (coturn's TURN server, a Redis on port 6379): the
+  # tests start their own. policy-rc.d exit 101 = "action forbidden" for invoke-rc.d.
+  local policy=/usr/sbin/policy-rc.d made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+  fi
+  local rc=0
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null || rc=$?
+  [ "$made_policy" -eq 1 ] && rm -f "$policy"
+  [ "$rc" -eq 0 ] || die "apt-get install $* failed"
 }
 
 need_pkgs=()
@@ -36,12 +45,21 @@ command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+# The hub cluster tests (tests/loopback/redis.rs) start their own redis-server on a free port.
+command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 apt_install "${need_pkgs[@]+"${need_pkgs[@]}"}"
 # Debian's coturn unit ignores TURNSERVER_ENABLED in /etc/default/coturn: under systemd the
 # package would start a TURN server on port 3478. The tests need only its client.
 if [[ " ${need_pkgs[*]-} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then
   systemctl disable --now coturn.service >/dev/null 2>&1 || true
 fi
+# Likewise Debian's redis-server package starts a Redis service on 127.0.0.1:6379; the tests
+# need only the binary and start their own servers.
+if [[ " ${need_pkgs[*]-} " == *" redis-server "* ]] && [ -d /run/systemd/system ]; then
+  systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+fi
+command -v redis-server >/dev/null 2>&1 \
+  || die "redis-server not found after installing it (apt-get install redis-server); the hub cluster tests need it"
 
 [ "$(id -u)" -eq 0 ] || die "the NAT lab needs root (network namespaces, nftables); run tests/run.sh as root"
 ip netns add tp-runcheck 2>/dev/null && ip netns del tp-runcheck \

@@ -16,6 +16,14 @@
 //!   warm-up, `--duration` seconds are measured: relayed messages/s (received by partners),
 //!   latency p50/p90/p99/max, errors sent by the hub (by code) and connections it closed.
 //!
+//! Several hub nodes sharing rooms (`turnpike serve --redis`) are measured by repeating
+//! `--url`: with `--spread peers` (the default) connection `i` goes to URL `i mod N`, so the two
+//! peers of every room are on different nodes and every relayed message crosses nodes; with
+//! `--spread rooms` room `r` goes to URL `r mod N` whole, so no message crosses nodes. The
+//! report adds a breakdown by URL (`nodes`). `--server-pid` can be repeated too (every node,
+//! and redis-server): the server's memory and CPU are then the sum, with each process's share
+//! in `server_processes`.
+//!
 //! One thread (a current-thread tokio runtime) drives every connection, so the tool can be
 //! pinned to one core (`taskset`) apart from the server. Each WebSocket uses 4 KiB buffers to
 //! keep the client small. Connections can come from several source addresses of
@@ -67,9 +75,19 @@ const LAG_PROBE: Duration = Duration::from_millis(1);
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// The hub's WebSocket URL (plain `ws://`).
-    #[arg(long, default_value = "ws://127.0.0.1:8080/v1/ws")]
-    url: String,
+    /// The hub's WebSocket URL (plain `ws://`). Repeat it to spread the connections over
+    /// several hub nodes of one cluster (see --spread).
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        default_value = "ws://127.0.0.1:8080/v1/ws"
+    )]
+    urls: Vec<String>,
+    /// With several --url: `peers` puts connection i on URL i mod N, so the two peers of every
+    /// room are on different nodes (every relayed message crosses nodes); `rooms` puts room r
+    /// whole on URL r mod N (no message crosses nodes).
+    #[arg(long, value_enum, default_value_t = Spread::Peers)]
+    spread: Spread,
     /// WebSocket connections to open (pairs in rooms of two, so an even number).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(2..=60000))]
     connections: u32,
@@ -86,9 +104,10 @@ struct Args {
     /// received by the partner).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     window: Option<u32>,
-    /// PID of the server, for its memory (VmRSS) and CPU time.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// PID of the server, for its memory (VmRSS) and CPU time. Repeatable (e.g. each hub node
+    /// and redis-server): the report sums them and lists each in `server_processes`.
+    #[arg(long = "server-pid", value_name = "SERVER_PID")]
+    server_pids: Vec<u32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -114,6 +133,32 @@ struct Args {
     /// Seconds between keepalive `ping`s of a connection that is not sending load.
     #[arg(long, default_value_t = 20.0)]
     ping_interval: f64,
+}
+
+/// How connections are spread over several `--url`s.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq)]
+enum Spread {
+    /// Connection `i` on URL `i mod N`: the peers of a room on different nodes.
+    Peers,
+    /// Room `r` on URL `r mod N`: each room on one node.
+    Rooms,
+}
+
+impl Spread {
+    fn name(self) -> &'static str {
+        match self {
+            Spread::Peers => "peers",
+            Spread::Rooms => "rooms",
+        }
+    }
+
+    /// The URL index of connection `i` among `nodes`.
+    fn node(self, i: usize, nodes: usize) -> usize {
+        match self {
+            Spread::Peers => i % nodes,
+            Spread::Rooms => (i / 2) % nodes,
+        }
+    }
 }
 
 /// What every connection task is doing; set by the main task.
@@ -154,6 +199,31 @@ struct Counters {
     alive: AtomicUsize,
 }
 
+/// The counters of one `--url`: candidates sent by its connections, and received (with
+/// their latency) by its connections.
+struct NodeCounters {
+    connections: AtomicUsize,
+    sent: AtomicU64,
+    received: AtomicU64,
+    received_in_window: AtomicU64,
+    /// Connections of this URL closed before the end.
+    closed_early: AtomicU64,
+    latency: Mutex<Histogram>,
+}
+
+impl NodeCounters {
+    fn new() -> Self {
+        NodeCounters {
+            connections: AtomicUsize::new(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            received_in_window: AtomicU64::new(0),
+            closed_early: AtomicU64::new(0),
+            latency: Mutex::new(Histogram::new()),
+        }
+    }
+}
+
 struct Shared {
     /// The clock every timestamp is measured on.
     base: Instant,
@@ -166,6 +236,9 @@ struct Shared {
     rate: f64,
     ping_every: Duration,
     counters: Counters,
+    /// How connections map to URLs, and the counters of each URL.
+    spread: Spread,
+    nodes: Vec<NodeCounters>,
     /// Latency (ns) of candidates sent inside the measurement window.
     latency: Mutex<Histogram>,
     /// How late (ns) a 1 ms sleep of this tool wakes up during the measurement window: when
@@ -188,8 +261,13 @@ impl Shared {
     fn now_ns(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
     }
-    fn count_close(&self, why: String) {
+    fn count_close(&self, i: usize, why: String) {
         *lock(&self.closed).entry(why).or_default() += 1;
+        self.node(i).closed_early.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The counters of connection `i`'s URL.
+    fn node(&self, i: usize) -> &NodeCounters {
+        &self.nodes[self.spread.node(i, self.nodes.len())]
     }
 }
 
@@ -459,7 +537,7 @@ async fn run_conn(i: usize, ws: Ws, sh: Arc<Shared>, mut phase_rx: watch::Receiv
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(t))) => on_text(i, partner, to, &t, &sh),
                 Some(Ok(Message::Close(frame))) => {
-                    sh.count_close(match frame {
+                    sh.count_close(i, match frame {
                         Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
                         None => "closed by server".to_owned(),
                     });
@@ -467,11 +545,11 @@ async fn run_conn(i: usize, ws: Ws, sh: Arc<Shared>, mut phase_rx: watch::Receiv
                 }
                 Some(Ok(_)) => None,
                 Some(Err(e)) => {
-                    sh.count_close(format!("socket error: {e}"));
+                    sh.count_close(i, format!("socket error: {e}"));
                     break;
                 }
                 None => {
-                    sh.count_close("socket closed".to_owned());
+                    sh.count_close(i, "socket closed".to_owned());
                     break;
                 }
             },
@@ -484,7 +562,7 @@ async fn run_conn(i: usize, ws: Ws, sh: Arc<Shared>, mut phase_rx: watch::Receiv
         };
         if let Some(text) = out {
             if let Err(e) = sink.send(Message::Text(text.into())).await {
-                sh.count_close(format!("send failed: {e}"));
+                sh.count_close(i, format!("send failed: {e}"));
                 break;
             }
         }
@@ -520,6 +598,7 @@ fn candidate(i: usize, seq: &mut u64, to: &str, sh: &Shared) -> String {
     let t = sh.now_ns();
     let c = &sh.counters;
     c.sent.fetch_add(1, Ordering::Relaxed);
+    sh.node(i).sent.fetch_add(1, Ordering::Relaxed);
     let from = sh.window_from_ns.load(Ordering::Relaxed);
     let until = sh.window_to_ns.load(Ordering::Relaxed);
     if (from..until).contains(&t) {
@@ -551,13 +630,17 @@ fn on_text(i: usize, partner: usize, to: &str, text: &str, sh: &Shared) -> Optio
                 return None;
             };
             c.received.fetch_add(1, Ordering::Relaxed);
+            let node = sh.node(i);
+            node.received.fetch_add(1, Ordering::Relaxed);
             let from = sh.window_from_ns.load(Ordering::Relaxed);
             let until = sh.window_to_ns.load(Ordering::Relaxed);
             if (from..until).contains(&now) {
                 c.received_in_window.fetch_add(1, Ordering::Relaxed);
+                node.received_in_window.fetch_add(1, Ordering::Relaxed);
             }
             if (from..until).contains(&sent) {
                 lock(&sh.latency).record(now.saturating_sub(sent));
+                lock(&node.latency).record(now.saturating_sub(sent));
             }
             if sh.window.is_some() {
                 sh.slots[partner].add_permits(1);
@@ -608,25 +691,51 @@ fn open_file_limit() -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The summed `VmRSS` of `pids` in KiB (`None` without pids or if one is unreadable), and
+/// each one's.
+fn rss_all(pids: &[u32]) -> (Option<u64>, Vec<Option<u64>>) {
+    let each: Vec<Option<u64>> = pids.iter().map(|&p| rss_kib(p)).collect();
+    let sum = if each.is_empty() {
+        None
+    } else {
+        each.iter().copied().sum()
+    };
+    (sum, each)
+}
+
 /// Core, client and server CPU counters at one instant.
 struct CpuSnap {
     cores: CoreTicks,
     client: Option<u64>,
-    server: Option<u64>,
+    /// One per `--server-pid`.
+    servers: Vec<Option<u64>>,
 }
 
 impl CpuSnap {
-    fn take(server_pid: Option<u32>) -> Self {
+    fn take(server_pids: &[u32]) -> Self {
         CpuSnap {
             cores: CoreTicks::snapshot(),
             client: process_ticks(None),
-            server: server_pid.and_then(|p| process_ticks(Some(p))),
+            servers: server_pids
+                .iter()
+                .map(|&p| process_ticks(Some(p)))
+                .collect(),
         }
     }
 }
 
-/// CPU use between two snapshots, in percent of one core: (cores, client, server, other).
-fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> (Vec<f64>, Option<f64>, Option<f64>, Option<f64>) {
+/// CPU use between two snapshots, in percent of one core.
+struct CpuUse {
+    cores: Vec<f64>,
+    client: Option<f64>,
+    /// Every server process together (`None` without one, or if one is unreadable).
+    server: Option<f64>,
+    /// Each server process.
+    servers: Vec<Option<f64>>,
+    other: Option<f64>,
+}
+
+fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
     let cores = core_busy_pct(&a.cores, &b.cores);
     // Elapsed ticks of one core (all cores advance together), at 100 ticks per second.
     let span = match (a.cores.cores.first(), b.cores.cores.first()) {
@@ -640,7 +749,21 @@ fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> (Vec<f64>, Option<f64>, Option<f64>, Opt
         _ => None,
     };
     let client = pct(a.client, b.client);
-    let server = pct(a.server, b.server);
+    let servers: Vec<Option<f64>> = a
+        .servers
+        .iter()
+        .zip(&b.servers)
+        .map(|(&x, &y)| pct(x, y))
+        .collect();
+    let server = if servers.is_empty() {
+        None
+    } else {
+        servers
+            .iter()
+            .copied()
+            .sum::<Option<f64>>()
+            .map(|s| (s * 10.0).round() / 10.0)
+    };
     let other = match (client, server) {
         (Some(c), Some(s)) if !cores.is_empty() => {
             let total: f64 = cores.iter().sum();
@@ -648,7 +771,13 @@ fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> (Vec<f64>, Option<f64>, Option<f64>, Opt
         }
         _ => None,
     };
-    (cores, client, server, other)
+    CpuUse {
+        cores,
+        client,
+        server,
+        servers,
+        other,
+    }
 }
 
 /// Latency summary in microseconds.
@@ -663,9 +792,53 @@ struct Latency {
     mean_us: f64,
 }
 
+impl Latency {
+    fn of(h: &Histogram) -> Self {
+        let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+        Latency {
+            samples: h.count(),
+            p50_us: us(h.quantile(0.5)),
+            p90_us: us(h.quantile(0.9)),
+            p99_us: us(h.quantile(0.99)),
+            p999_us: us(h.quantile(0.999)),
+            max_us: us(h.max()),
+            mean_us: us(h.mean() as u64),
+        }
+    }
+}
+
+/// The share of one `--url`.
+#[derive(Serialize)]
+struct NodeReport {
+    url: String,
+    /// Connections to this URL.
+    connections: usize,
+    /// Candidates sent by its connections.
+    sent: u64,
+    /// Candidates received by its connections.
+    received: u64,
+    /// Candidates/s received by its connections in the measurement window.
+    relayed_per_s: f64,
+    /// Latency of the candidates its connections received.
+    latency: Latency,
+    /// Its connections closed before the end.
+    closed_early: u64,
+}
+
+/// One `--server-pid`.
+#[derive(Serialize)]
+struct ServerProcess {
+    pid: u32,
+    rss_before_kib: Option<u64>,
+    rss_idle_kib: Option<u64>,
+    rss_after_load_kib: Option<u64>,
+    cpu_pct: Option<f64>,
+}
+
 /// The whole result, printed as text or JSON.
 #[derive(Serialize)]
 struct Report {
+    /// The first `--url` (the only one without a cluster); all are in `urls`.
     url: String,
     connections: u32,
     source_ips: u8,
@@ -700,6 +873,36 @@ struct Report {
     client_cpu_pct: Option<f64>,
     other_cpu_pct: Option<f64>,
     core_busy_pct: Vec<f64>,
+    /// Every `--url`, and how connections were spread over them.
+    urls: Vec<String>,
+    spread: &'static str,
+    /// The share of each URL, in `urls` order.
+    nodes: Vec<NodeReport>,
+    /// Each `--server-pid`; the `server_*` fields above are their sums.
+    server_processes: Vec<ServerProcess>,
+}
+
+/// The upgrade request and the address of one `--url`.
+async fn resolve(url: &str) -> Result<(Request, SocketAddr)> {
+    let request = url
+        .into_client_request()
+        .with_context(|| format!("invalid --url {url}"))?;
+    let uri = request.uri().clone();
+    ensure!(
+        uri.scheme_str() == Some("ws"),
+        "--url must be a plain ws:// URL, got {url}"
+    );
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("--url {url} has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{host} resolves to no address"))?;
+    Ok((request, addr))
 }
 
 fn main() -> ExitCode {
@@ -762,40 +965,26 @@ async fn run(args: Args) -> Result<ExitCode> {
             n + 64
         );
     }
-    if let Some(pid) = args.server_pid {
+    for &pid in &args.server_pids {
         ensure!(
             rss_kib(pid).is_some(),
             "no process {pid} (--server-pid), or its /proc/{pid}/status is not readable"
         );
     }
 
-    // Where to connect.
-    let request = args
-        .url
-        .as_str()
-        .into_client_request()
-        .with_context(|| format!("invalid --url {}", args.url))?;
-    let uri = request.uri().clone();
-    ensure!(
-        uri.scheme_str() == Some("ws"),
-        "--url must be a plain ws:// URL, got {}",
-        args.url
-    );
-    let host = uri
-        .host()
-        .ok_or_else(|| anyhow!("--url {} has no host", args.url))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
-    let addr = tokio::net::lookup_host((host, port))
-        .await
-        .with_context(|| format!("cannot resolve {host}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{host} resolves to no address"))?;
+    // Where to connect: one request and address per --url.
+    ensure!(!args.urls.is_empty(), "no --url");
+    let mut targets: Vec<(Request, SocketAddr)> = Vec::with_capacity(args.urls.len());
+    for url in &args.urls {
+        targets.push(resolve(url).await?);
+    }
     let sources: Vec<Option<IpAddr>> = if args.source_ips > 1 {
-        ensure!(
-            addr.ip().is_loopback() && addr.is_ipv4(),
-            "--source-ips needs an IPv4 loopback --url (127.0.0.0/8), not {addr}"
-        );
+        for ((_, addr), url) in targets.iter().zip(&args.urls) {
+            ensure!(
+                addr.ip().is_loopback() && addr.is_ipv4(),
+                "--source-ips needs IPv4 loopback URLs (127.0.0.0/8), not {addr} ({url})"
+            );
+        }
         (1..=args.source_ips)
             .map(|k| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, k))))
             .collect()
@@ -803,17 +992,15 @@ async fn run(args: Args) -> Result<ExitCode> {
         vec![None]
     };
     // A clear error before thousands of failures.
-    match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => bail!(
-            "cannot reach the hub at {addr} ({}): {}",
-            args.url,
-            SetupError::Connect(e)
-        ),
-        Err(_) => bail!(
-            "cannot reach the hub at {addr} ({}): no answer in 3 s",
-            args.url
-        ),
+    for ((_, addr), url) in targets.iter().zip(&args.urls) {
+        match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(*addr)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!(
+                "cannot reach the hub at {addr} ({url}): {}",
+                SetupError::Connect(e)
+            ),
+            Err(_) => bail!("cannot reach the hub at {addr} ({url}): no answer in 3 s"),
+        }
     }
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Idle);
@@ -826,6 +1013,8 @@ async fn run(args: Args) -> Result<ExitCode> {
         rate: args.rate,
         ping_every: Duration::from_secs_f64(args.ping_interval),
         counters: Counters::default(),
+        spread: args.spread,
+        nodes: args.urls.iter().map(|_| NodeCounters::new()).collect(),
         latency: Mutex::new(Histogram::new()),
         loop_lag: Mutex::new(Histogram::new()),
         errors: Mutex::new(BTreeMap::new()),
@@ -834,7 +1023,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     });
 
     // ------------------------------------------------------------------ setup
-    let rss_before = args.server_pid.and_then(rss_kib);
+    let (rss_before, rss_before_each) = rss_all(&args.server_pids);
     let run_id = format!("hl{:x}", std::process::id());
     let setup_start = Instant::now();
     let setup_deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.setup_timeout);
@@ -848,7 +1037,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             let i = next;
             next += 1;
             let src = sources[i % sources.len()];
-            let req = request.clone();
+            let (req, addr) = targets[args.spread.node(i, targets.len())].clone();
             let room = format!("{run_id}-{}", i / 2);
             let peer = if i % 2 == 0 { "a" } else { "b" };
             pending.spawn(async move {
@@ -874,12 +1063,13 @@ async fn run(args: Args) -> Result<ExitCode> {
                 break Some(format!(
                     "connection {} of {n}{from} to {}: {e}",
                     i + 1,
-                    args.url
+                    args.urls[args.spread.node(i, args.urls.len())]
                 ));
             }
             Ok(Some(Ok((i, _, Ok(ws))))) => {
                 done += 1;
                 sh.counters.alive.fetch_add(1, Ordering::Relaxed);
+                sh.node(i).connections.fetch_add(1, Ordering::Relaxed);
                 tasks.spawn(run_conn(i, ws, sh.clone(), phase_rx.clone()));
                 if done % PROGRESS_EVERY == 0 && done < n {
                     eprintln!(
@@ -905,7 +1095,7 @@ async fn run(args: Args) -> Result<ExitCode> {
 
     // ------------------------------------------------------------------ idle
     tokio::time::sleep(Duration::from_secs_f64(args.idle_settle)).await;
-    let rss_idle = args.server_pid.and_then(rss_kib);
+    let (rss_idle, rss_idle_each) = rss_all(&args.server_pids);
     let alive = sh.counters.alive.load(Ordering::Relaxed);
     ensure!(
         alive == n,
@@ -923,9 +1113,9 @@ async fn run(args: Args) -> Result<ExitCode> {
     let _ = phase_tx.send(Phase::Load { start_ns });
     let probe = tokio::spawn(lag_probe(sh.clone(), phase_rx.clone()));
     tokio::time::sleep_until((sh.base + Duration::from_nanos(from_ns)).into()).await;
-    let cpu0 = CpuSnap::take(args.server_pid);
+    let cpu0 = CpuSnap::take(&args.server_pids);
     tokio::time::sleep_until((sh.base + Duration::from_nanos(to_ns)).into()).await;
-    let cpu1 = CpuSnap::take(args.server_pid);
+    let cpu1 = CpuSnap::take(&args.server_pids);
     let _ = phase_tx.send(Phase::Drain);
     let drain_until = tokio::time::Instant::now() + Duration::from_secs_f64(args.drain);
     // Let every task see the phase change before comparing the counters.
@@ -937,7 +1127,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
-    let rss_after = args.server_pid.and_then(rss_kib);
+    let (rss_after, rss_after_each) = rss_all(&args.server_pids);
     let _ = phase_tx.send(Phase::Close);
     probe.abort();
     let closed_in_time = tokio::time::timeout(Duration::from_secs_f64(CLOSE_S + 1.0), async {
@@ -951,7 +1141,7 @@ async fn run(args: Args) -> Result<ExitCode> {
 
     // ------------------------------------------------------------------ report
     let c = &sh.counters;
-    let (cores, client_cpu, server_cpu, other_cpu) = cpu_use(&cpu0, &cpu1);
+    let cpu = cpu_use(&cpu0, &cpu1);
     let h = lock(&sh.latency).clone();
     let lag = lock(&sh.loop_lag).clone();
     let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
@@ -961,8 +1151,35 @@ async fn run(args: Args) -> Result<ExitCode> {
         (Some(b), Some(a)) => Some((a as f64 - b as f64) / n as f64),
         _ => None,
     };
+    let nodes = args
+        .urls
+        .iter()
+        .zip(&sh.nodes)
+        .map(|(url, c)| NodeReport {
+            url: url.clone(),
+            connections: c.connections.load(Ordering::Relaxed),
+            sent: c.sent.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            relayed_per_s: (c.received_in_window.load(Ordering::Relaxed) as f64 / args.duration)
+                .round(),
+            latency: Latency::of(&lock(&c.latency)),
+            closed_early: c.closed_early.load(Ordering::Relaxed),
+        })
+        .collect();
+    let server_processes = args
+        .server_pids
+        .iter()
+        .enumerate()
+        .map(|(k, &pid)| ServerProcess {
+            pid,
+            rss_before_kib: rss_before_each[k],
+            rss_idle_kib: rss_idle_each[k],
+            rss_after_load_kib: rss_after_each[k],
+            cpu_pct: cpu.servers[k],
+        })
+        .collect();
     let report = Report {
-        url: args.url.clone(),
+        url: args.urls[0].clone(),
         connections: args.connections,
         source_ips: args.source_ips,
         setup_s: (setup_s * 100.0).round() / 100.0,
@@ -989,15 +1206,7 @@ async fn run(args: Args) -> Result<ExitCode> {
             .round(),
         offers: c.offers.load(Ordering::Relaxed),
         answers: c.answers.load(Ordering::Relaxed),
-        latency: Latency {
-            samples: h.count(),
-            p50_us: us(h.quantile(0.5)),
-            p90_us: us(h.quantile(0.9)),
-            p99_us: us(h.quantile(0.99)),
-            p999_us: us(h.quantile(0.999)),
-            max_us: us(h.max()),
-            mean_us: us(h.mean() as u64),
-        },
+        latency: Latency::of(&h),
         client_loop_lag_p99_us: us(lag.quantile(0.99)),
         client_loop_lag_max_us: us(lag.max()),
         hub_errors: lock(&sh.errors).clone(),
@@ -1005,10 +1214,14 @@ async fn run(args: Args) -> Result<ExitCode> {
         closed_early: lock(&sh.closed).clone(),
         peer_left: c.peer_left.load(Ordering::Relaxed),
         bad_messages: c.bad_messages.load(Ordering::Relaxed),
-        server_cpu_pct: server_cpu,
-        client_cpu_pct: client_cpu,
-        other_cpu_pct: other_cpu,
-        core_busy_pct: cores,
+        server_cpu_pct: cpu.server,
+        client_cpu_pct: cpu.client,
+        other_cpu_pct: cpu.other,
+        core_busy_pct: cpu.cores,
+        urls: args.urls.clone(),
+        spread: args.spread.name(),
+        nodes,
+        server_processes,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -1026,9 +1239,14 @@ async fn run(args: Args) -> Result<ExitCode> {
 fn print_text(r: &Report) {
     let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v}"));
     let kib = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} KiB"));
+    let to = if r.urls.len() > 1 {
+        format!("{} (spread by {})", r.urls.join(", "), r.spread)
+    } else {
+        r.url.clone()
+    };
     println!(
-        "hub-load: {} connections to {} ({} source IPs), set up in {:.1} s",
-        r.connections, r.url, r.source_ips, r.setup_s
+        "hub-load: {} connections to {to} ({} source IPs), set up in {:.1} s",
+        r.connections, r.source_ips, r.setup_s
     );
     println!(
         "idle:  server RSS {} before, {} joined and idle: {} KiB per connection, {} MiB per 1,000",
@@ -1071,4 +1289,32 @@ fn print_text(r: &Report) {
         r.core_busy_pct,
         kib(r.server_rss_after_load_kib)
     );
+    if r.nodes.len() > 1 {
+        for n in &r.nodes {
+            let l = &n.latency;
+            println!(
+                "       {}: {} connections; received {:.0} msg/s, p50 {} us, p99 {} us; sent {} received {}; closed early {}",
+                n.url,
+                n.connections,
+                n.relayed_per_s,
+                l.p50_us,
+                l.p99_us,
+                n.sent,
+                n.received,
+                n.closed_early
+            );
+        }
+    }
+    if r.server_processes.len() > 1 {
+        for p in &r.server_processes {
+            println!(
+                "       server pid {}: CPU {} %; RSS {} before, {} idle, {} after load",
+                p.pid,
+                opt(p.cpu_pct),
+                kib(p.rss_before_kib),
+                kib(p.rss_idle_kib),
+                kib(p.rss_after_load_kib)
+            );
+        }
+    }
 }
