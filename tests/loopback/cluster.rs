@@ -443,3 +443,104 @@ async fn a_redis_restart_is_survived_without_rejoining() {
     a.stop();
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanly_stopped_node_hands_its_sessions_over_at_once() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut alice = connect(&a).await;
+    let mut bob = connect(&b).await;
+    join(&mut alice, "r", "alice").await;
+    join(&mut bob, "r", "bob").await;
+    let stopped = Instant::now();
+    a.stop();
+    // Alice is told to go elsewhere.
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(3), alice.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f.expect("close frame"),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001);
+    // She does not come back: Bob sees her leave when the 4 s window ends, without waiting
+    // for node A's heartbeat (3 s) to expire first.
+    let (left, _) = wait_for(&mut bob, "peer-left", Duration::from_secs(10)).await;
+    let after = stopped.elapsed();
+    assert_eq!(left["peer_id"], "alice");
+    assert!(
+        after >= Duration::from_millis(3500) && after < Duration::from_millis(6500),
+        "peer-left {after:?} after the stop (window 4 s)"
+    );
+    let m = http_get(b.metrics, "/metrics");
+    assert!(m.contains("turnpike_hub_dead_nodes_total 0"), "{m}");
+    b.stop();
+}
+
+/// Polls `/metrics` of `srv` until it has `line`.
+fn wait_metric(srv: &Server, line: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let m = http_get(srv.metrics, "/metrics");
+        if m.contains(line) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never had {line:?}:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_subscriptions_and_a_stale_counter_are_reconciled() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut alice = connect(&a).await;
+    let mut bob = connect(&b).await;
+    let sid = join(&mut alice, "r", "alice").await["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    join(&mut bob, "r", "bob").await;
+    assert_eq!(recv(&mut alice).await["seq"], 2);
+    // Redis's copy of Alice's stream goes back to before `peer-joined` (as after a restart
+    // from a stale snapshot): seq 2 is no longer taken there.
+    let key = format!("turnpike:s:{sid}");
+    redis.cmd(&["DEL", &format!("turnpike:q:{sid}")]);
+    redis.cmd(&["HSET", &key, "q", "2"]);
+    // Both nodes lose their subscriptions and reconnect, reconciling their sessions.
+    let killed = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).int();
+    assert_eq!(killed, 2, "one subscription per node");
+    for n in [&a, &b] {
+        wait_metric(
+            n,
+            "turnpike_hub_store_reconnects_total 1",
+            Duration::from_secs(5),
+        );
+        wait_ready(n, "HTTP/1.1 200", Duration::from_secs(5));
+    }
+    // The counter was raised to what Alice has seen: the next message is seq 3, not a
+    // seq 2 her client would drop as a duplicate.
+    for i in 0..3u64 {
+        send(
+            &mut bob,
+            json!({"type": "offer", "to": "alice", "sdp": format!("m{i}")}),
+        )
+        .await;
+    }
+    for i in 0..3u64 {
+        let m = recv(&mut alice).await;
+        assert_eq!(
+            (m["sdp"].as_str(), m["seq"].as_u64()),
+            (Some(format!("m{i}").as_str()), Some(3 + i)),
+            "{m}"
+        );
+    }
+    assert_eq!(redis.cmd(&["HGET", &key, "q"]).as_str(), Some("6"));
+    a.stop();
+    b.stop();
+}

@@ -240,7 +240,8 @@ impl Server {
             rx.clone(),
         );
         if let Some(l) = http_listener {
-            let hub = signal::spawn(config.signal.clone(), shared.clone(), rx.clone())?;
+            let (hub, hub_task) = signal::spawn(config.signal.clone(), shared.clone(), rx.clone())?;
+            tasks.extend(hub_task);
             tasks.push(tokio::spawn(http::serve_health(
                 l,
                 shared.clone(),

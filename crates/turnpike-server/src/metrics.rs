@@ -208,7 +208,7 @@ impl HubMetrics {
             ("turnpike_hub_rooms", "Signaling rooms.", &self.rooms),
             (
                 "turnpike_hub_peers",
-                "Joined peers, connected or within their resume window.",
+                "Joined peers, connected or within their resume window (cluster mode: sessions attached to this node).",
                 &self.peers,
             ),
         ] {

@@ -101,7 +101,7 @@ pub fn spawn(
     config: SignalConfig,
     shared: Arc<crate::Shared>,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<SignalState> {
+) -> anyhow::Result<(SignalState, Option<tokio::task::JoinHandle<()>>)> {
     let state = |mode| SignalState {
         mode,
         next_conn: Arc::new(AtomicU64::new(1)),
@@ -110,13 +110,13 @@ pub fn spawn(
         max_message_bytes: config.hub.max_message_bytes,
     };
     if let Some(redis) = config.redis.clone() {
-        let node = crate::cluster::spawn(config.hub.clone(), redis, shared, shutdown)?;
-        return Ok(state(Mode::Cluster(node)));
+        let (node, task) = crate::cluster::spawn(config.hub.clone(), redis, shared, shutdown)?;
+        return Ok((state(Mode::Cluster(node)), Some(task)));
     }
     let (tx, rx) = mpsc::channel::<Event>(HUB_QUEUE);
     let st = state(Mode::Local(tx));
     spawn_local(config.hub, shared, shutdown, rx);
-    Ok(st)
+    Ok((st, None))
 }
 
 /// The in-process hub: one task owns the [`Hub`].

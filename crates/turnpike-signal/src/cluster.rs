@@ -648,11 +648,12 @@ impl ClusterConn {
         self.count_error(code);
         let msg = ServerMsg::Error { code, message };
         if code == ErrorCode::Unavailable {
-            // The store is what failed: answer directly.
+            // The store is what failed, not the client: answer directly, and no strike (a
+            // client that keeps pinging through an outage must not be closed for it).
             self.out.push_back(Action::Send(msg.to_text(None)));
-        } else {
-            self.push_own(&msg);
+            return;
         }
+        self.push_own(&msg);
         self.strikes += 1;
         if self.strikes >= config.max_strikes {
             self.stats.closed_by_hub += 1;

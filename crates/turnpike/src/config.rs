@@ -271,7 +271,12 @@ pub struct ServeArgs {
     pub hub_replay_cap: Option<usize>,
     /// Run the hub as one node of a cluster sharing rooms through this Redis
     /// (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`) [default: none: rooms live in this process].
-    #[arg(long, env = "TURNPIKE_REDIS", value_name = "URL")]
+    #[arg(
+        long,
+        env = "TURNPIKE_REDIS",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub redis: Option<String>,
     /// Prefix of the hub's Redis keys and channels (clusters sharing one Redis need different
     /// prefixes) [default: turnpike:].
@@ -948,6 +953,10 @@ impl Settings {
                      TLS (rediss://) and Unix sockets are not supported"
                 );
             }
+            turnpike_server::cluster::check_url(url)?;
+        }
+        if self.redis.is_some() && self.http == Endpoint::Off {
+            bail!("--redis needs the hub, which is served on --http; it is off");
         }
         if self.redis_prefix.is_empty()
             || self.redis_prefix.len() > 64
@@ -956,7 +965,7 @@ impl Settings {
                 .bytes()
                 .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
-            bail!("--redis-prefix must be 1-64 characters without spaces");
+            bail!("--redis-prefix must be 1-64 bytes without spaces or control characters");
         }
         if !(2..=15).contains(&self.redis_node_timeout) {
             bail!("--redis-node-timeout must be between 2 and 15 seconds");

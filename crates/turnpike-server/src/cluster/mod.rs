@@ -80,6 +80,7 @@ struct Scripts {
     heartbeat: Script,
     sweep: Script,
     reconcile: Script,
+    retire: Script,
 }
 
 impl Scripts {
@@ -95,6 +96,7 @@ impl Scripts {
             heartbeat: with(include_str!("heartbeat.lua")),
             sweep: with(include_str!("sweep.lua")),
             reconcile: with(include_str!("reconcile.lua")),
+            retire: with(include_str!("retire.lua")),
         }
     }
 }
@@ -505,6 +507,27 @@ impl Node {
         }
     }
 
+    /// A clean stop: clients are told to resume elsewhere, and the node's sessions enter
+    /// the resume window now rather than after its heartbeat expires.
+    async fn retire(&self) {
+        self.shutdown_all();
+        // Give the sockets a moment to detach their sessions themselves.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while !self.conns.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let window = self.hub.resume_window.as_millis().to_string();
+        let ttl = self.key_ttl().as_millis().to_string();
+        let args = [self.id.as_str(), &window, &ttl];
+        match self.call::<i64>(&self.scripts.retire, &args).await {
+            Some(n) => tracing::info!(node = %self.id, sessions = n, "hub node left the cluster"),
+            None => {
+                tracing::warn!(node = %self.id, "could not leave the cluster cleanly; other nodes will after its heartbeat expires")
+            }
+        }
+        self.set_up(false);
+    }
+
     fn shutdown_all(&self) {
         for e in self.conns.iter() {
             let _ = e.value().ctl.try_send(Ctl::Shutdown);
@@ -540,16 +563,27 @@ fn parse_resumed(r: &[String], last_seq: u64) -> Option<Reply> {
     })
 }
 
-/// Starts a cluster node: its Redis supervisor runs until `shutdown` fires.
+/// Checks that `url` is a Redis URL the client accepts (without connecting). The error
+/// never repeats the URL, which may hold a password.
+pub fn check_url(url: &str) -> anyhow::Result<()> {
+    redis::Client::open(url).map(|_| ()).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid --redis URL ({:?}); expected redis://[USER:PASSWORD@]HOST:PORT[/DB]",
+            e.kind()
+        )
+    })
+}
+
+/// Starts a cluster node: its Redis supervisor runs until `shutdown` fires, then retires
+/// the node (its sessions enter the resume window at once); the handle ends after that.
 pub fn spawn(
     hub: HubConfig,
     redis: RedisConfig,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Arc<Node>> {
-    use anyhow::Context;
-    let client = redis::Client::open(redis.url.as_str())
-        .with_context(|| "invalid --redis URL (expected redis://[user:password@]host:port[/db])")?;
+) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
+    check_url(&redis.url)?;
+    let client = redis::Client::open(redis.url.as_str())?;
     let node = Arc::new(Node {
         id: hex_id(),
         hub,
@@ -566,8 +600,8 @@ pub fn spawn(
     });
     shared.metrics.hub.cluster.store(true, Ordering::Relaxed);
     shared.metrics.hub.store_up.store(0, Ordering::Relaxed);
-    tokio::spawn(supervise(node.clone(), client, shutdown));
-    Ok(node)
+    let task = tokio::spawn(supervise(node.clone(), client, shutdown));
+    Ok((node, task))
 }
 
 async fn supervise(node: Arc<Node>, client: redis::Client, mut shutdown: watch::Receiver<bool>) {
@@ -632,8 +666,7 @@ async fn supervise(node: Arc<Node>, client: redis::Client, mut shutdown: watch::
         let lost = loop {
             tokio::select! {
                 _ = crate::stopped(&mut shutdown) => {
-                    node.shutdown_all();
-                    node.set_up(false);
+                    node.retire().await;
                     return;
                 }
                 msg = stream.next() => match msg {
@@ -750,6 +783,7 @@ pub(crate) async fn serve_socket(
         },
     );
     let mut writer = tokio::spawn(write_frames(sink, rx));
+    node.publish_gauges();
     let hub = &node.hub;
     let mut core = ClusterConn::new(hub, now(), host, random32());
     let mut random = random32;

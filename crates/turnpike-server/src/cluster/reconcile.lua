@@ -10,6 +10,11 @@ if s[1] then
   if s[1] ~= '' and (s[1] ~= node or s[2] ~= conn) then
     return { 'moved' }
   end
+  -- Redis may have come back with older data (a snapshot, an AOF behind the node): never
+  -- hand out a seq the node has already delivered, or the client would drop the message.
+  if tonumber(redis.call('HGET', sk, 'q') or '0') < tonumber(nxt) then
+    redis.call('HSET', sk, 'q', nxt)
+  end
   local out = { 'ok', s[3] or '0' }
   for _, e in ipairs(attach(sid, node, conn, tonumber(nxt))) do
     out[#out + 1] = e
