@@ -251,7 +251,7 @@ impl ClusterConn {
 
     /// Closes the connection if its keepalive ran out.
     pub fn handle_timeout(&mut self, config: &HubConfig, now: Now) {
-        if self.poll_timeout(config).is_some_and(|t| t <= now.mono) {
+        if !self.closed && self.poll_timeout(config).is_some_and(|t| t <= now.mono) {
             self.stats.closed_by_hub += 1;
             self.close(1001, "keepalive timeout");
         }
@@ -391,6 +391,8 @@ impl ClusterConn {
                 return;
             }
             ClientMsg::Ping => {
+                // A well-formed message: ends a run of errors, as on a single node.
+                self.strikes = 0;
                 return self.push_own(&ServerMsg::Pong);
             }
             ClientMsg::Leave => {
@@ -597,7 +599,7 @@ impl ClusterConn {
                 }
             }
             (Pending::Route { .. }, Reply::Done) => self.strikes = 0,
-            // An error or pong appended: it does not reset the strikes.
+            // An error or pong appended: the strikes were settled when it was asked for.
             (Pending::Own, Reply::Done) => {}
             (Pending::Route { to }, Reply::PeerNotFound) => {
                 self.error(
@@ -645,6 +647,10 @@ impl ClusterConn {
     }
 
     fn error(&mut self, config: &HubConfig, code: ErrorCode, message: String) {
+        if self.closed {
+            // Closing: nothing more is sent, so nothing more is counted.
+            return;
+        }
         self.count_error(code);
         let msg = ServerMsg::Error { code, message };
         if code == ErrorCode::Unavailable {
@@ -655,7 +661,7 @@ impl ClusterConn {
         }
         self.push_own(&msg);
         self.strikes += 1;
-        if self.strikes >= config.max_strikes {
+        if self.strikes >= config.max_strikes && !self.closed {
             self.stats.closed_by_hub += 1;
             self.close(1008, "too many errors");
         }
@@ -727,6 +733,9 @@ impl Sequencer {
                 Delivery::Send(out)
             }
             _ => {
+                if self.held.contains_key(&seq) {
+                    return Delivery::Nothing;
+                }
                 if self.held.len() >= self.cap {
                     return Delivery::Overflow;
                 }
