@@ -385,19 +385,7 @@ impl Node {
     /// Hands a publication on this node's channel to its session.
     fn dispatch(&self, payload: &str) {
         match Publication::parse(payload) {
-            Some(Publication::Deliver { sid, seq, text }) => {
-                let Some(mut s) = self.sessions.get_mut(sid) else {
-                    // The session left this node meanwhile; the message is in its replay
-                    // buffer for whoever resumes it.
-                    return;
-                };
-                let conn = s.conn;
-                match s.seq.offer(seq, text.to_owned()) {
-                    Delivery::Send(frames) => self.send_frames(conn, frames),
-                    Delivery::Nothing => {}
-                    Delivery::Overflow => self.control(conn, Ctl::Resync),
-                }
-            }
+            Some(Publication::Deliver { sid, seq, text }) => self.dispatch_entry(sid, seq, text),
             Some(Publication::TakeOver { sid, conn }) => {
                 self.control(conn, Ctl::TakenOver(sid.to_owned()));
             }
@@ -495,8 +483,11 @@ impl Node {
         );
     }
 
+    /// Offers message `seq` of session `sid` to its sequencer and sends what follows on.
     fn dispatch_entry(&self, sid: &str, seq: u64, text: &str) {
         let Some(mut s) = self.sessions.get_mut(sid) else {
+            // The session left this node meanwhile; the message is in its replay buffer for
+            // whoever resumes it.
             return;
         };
         let conn = s.conn;
