@@ -38,6 +38,37 @@ async fn join(ws: &mut Ws, room: &str, peer: &str) -> Value {
     w
 }
 
+/// Two nodes on `redis`; Alice joins room `r` on node A, then Bob on node B, and Alice has
+/// seen Bob join (seq 2).
+struct Pair {
+    a: Server,
+    b: Server,
+    alice: Ws,
+    bob: Ws,
+    /// Alice's session id.
+    session: String,
+}
+
+async fn pair(redis: &RedisServer) -> Pair {
+    let a = node(redis, &[]);
+    let b = node(redis, &[]);
+    let mut alice = connect(&a).await;
+    let mut bob = connect(&b).await;
+    let session = join(&mut alice, "r", "alice").await["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    join(&mut bob, "r", "bob").await;
+    assert_eq!(recv(&mut alice).await["seq"], 2);
+    Pair {
+        a,
+        b,
+        alice,
+        bob,
+        session,
+    }
+}
+
 /// Receives until a message of `ty` arrives, within `within`; returns it and the time taken.
 async fn wait_for(ws: &mut Ws, ty: &str, within: Duration) -> (Value, Duration) {
     let start = Instant::now();
@@ -59,17 +90,20 @@ async fn wait_for(ws: &mut Ws, ty: &str, within: Duration) -> (Value, Duration) 
 
 /// Waits until `/readyz` of `srv` starts with `status`.
 fn wait_ready(srv: &Server, status: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
+    srv.wait_readyz(|r| r.starts_with(status), within)
+}
+
+/// Reads until the server closes `ws`; returns the close frame's code and reason.
+async fn close_frame(ws: &mut Ws) -> (u16, String) {
     loop {
-        let r = http_get(srv.http, "/readyz");
-        if r.starts_with(status) {
-            return r;
+        match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                return (u16::from(f.code), f.reason.to_string());
+            }
+            Ok(Some(Ok(Message::Close(None)))) => panic!("close without a frame"),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("socket not closed by the server: {other:?}"),
         }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never became {status}: {r}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -168,6 +202,7 @@ async fn peers_on_two_nodes_signal_as_on_one() {
     let m = http_get(a.metrics, "/metrics");
     for line in [
         "turnpike_hub_store_up 1",
+        "turnpike_hub_resyncs_total 0",
         "turnpike_hub_messages_total{type=\"join\"} 4",
         "turnpike_hub_errors_total{code=\"room-full\"} 1",
         "turnpike_hub_errors_total{code=\"too-many-rooms\"} 1",
@@ -181,16 +216,13 @@ async fn peers_on_two_nodes_signal_as_on_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_resumes_on_the_other_node_without_losing_messages() {
     let redis = RedisServer::start();
-    let a = node(&redis, &[]);
-    let b = node(&redis, &[]);
-    let mut alice = connect(&a).await;
-    let mut bob = connect(&b).await;
-    let session = join(&mut alice, "r", "alice").await["session"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    join(&mut bob, "r", "bob").await;
-    assert_eq!(recv(&mut alice).await["seq"], 2);
+    let Pair {
+        a,
+        b,
+        mut alice,
+        mut bob,
+        session,
+    } = pair(&redis).await;
     // Alice's socket drops (no leave) while Bob keeps sending.
     alice.close(None).await.expect("close");
     drop(alice);
@@ -244,17 +276,9 @@ async fn a_session_resumes_on_the_other_node_without_losing_messages() {
     )
     .await;
     assert_eq!(recv(&mut again).await["type"], "resumed");
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(3), alice.next()).await {
-            Ok(Some(Ok(Message::Close(f)))) => break f,
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("old socket not closed: {other:?}"),
-        }
-    };
-    let f = closed.expect("close frame");
     assert_eq!(
-        (u16::from(f.code), f.reason.as_str()),
-        (1000, "resumed elsewhere")
+        close_frame(&mut alice).await,
+        (1000, "resumed elsewhere".to_owned())
     );
     send(
         &mut bob,
@@ -391,13 +415,13 @@ async fn a_killed_node_s_sessions_resume_elsewhere_or_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_is_survived_without_rejoining() {
     let mut redis = RedisServer::start();
-    let a = node(&redis, &[]);
-    let b = node(&redis, &[]);
-    let mut alice = connect(&a).await;
-    let mut bob = connect(&b).await;
-    join(&mut alice, "r", "alice").await;
-    join(&mut bob, "r", "bob").await;
-    assert_eq!(recv(&mut alice).await["seq"], 2);
+    let Pair {
+        a,
+        b,
+        mut alice,
+        mut bob,
+        ..
+    } = pair(&redis).await;
     redis.kill();
     // Both nodes turn unready and say why; messages get a clear error, not silence.
     for n in [&a, &b] {
@@ -447,23 +471,17 @@ async fn a_redis_restart_is_survived_without_rejoining() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cleanly_stopped_node_hands_its_sessions_over_at_once() {
     let redis = RedisServer::start();
-    let a = node(&redis, &[]);
-    let b = node(&redis, &[]);
-    let mut alice = connect(&a).await;
-    let mut bob = connect(&b).await;
-    join(&mut alice, "r", "alice").await;
-    join(&mut bob, "r", "bob").await;
+    let Pair {
+        a,
+        b,
+        mut alice,
+        mut bob,
+        ..
+    } = pair(&redis).await;
     let stopped = Instant::now();
     a.stop();
     // Alice is told to go elsewhere.
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(3), alice.next()).await {
-            Ok(Some(Ok(Message::Close(f)))) => break f.expect("close frame"),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("no close frame: {other:?}"),
-        }
-    };
-    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(close_frame(&mut alice).await.0, 1001);
     // She does not come back: Bob sees her leave when the 4 s window ends, without waiting
     // for node A's heartbeat (3 s) to expire first.
     let (left, _) = wait_for(&mut bob, "peer-left", Duration::from_secs(10)).await;
@@ -478,35 +496,16 @@ async fn a_cleanly_stopped_node_hands_its_sessions_over_at_once() {
     b.stop();
 }
 
-/// Polls `/metrics` of `srv` until it has `line`.
-fn wait_metric(srv: &Server, line: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let m = http_get(srv.metrics, "/metrics");
-        if m.contains(line) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never had {line:?}:\n{m}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_subscriptions_and_a_stale_counter_are_reconciled() {
     let redis = RedisServer::start();
-    let a = node(&redis, &[]);
-    let b = node(&redis, &[]);
-    let mut alice = connect(&a).await;
-    let mut bob = connect(&b).await;
-    let sid = join(&mut alice, "r", "alice").await["session"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    join(&mut bob, "r", "bob").await;
-    assert_eq!(recv(&mut alice).await["seq"], 2);
+    let Pair {
+        a,
+        b,
+        mut alice,
+        mut bob,
+        session: sid,
+    } = pair(&redis).await;
     // Redis's copy of Alice's stream goes back to before `peer-joined` (as after a restart
     // from a stale snapshot): seq 2 is no longer taken there.
     let key = format!("turnpike:s:{sid}");
@@ -516,11 +515,7 @@ async fn lost_subscriptions_and_a_stale_counter_are_reconciled() {
     let killed = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).int();
     assert_eq!(killed, 2, "one subscription per node");
     for n in [&a, &b] {
-        wait_metric(
-            n,
-            "turnpike_hub_store_reconnects_total 1",
-            Duration::from_secs(5),
-        );
+        n.wait_metric("turnpike_hub_store_reconnects_total", 1);
         wait_ready(n, "HTTP/1.1 200", Duration::from_secs(5));
     }
     // The counter was raised to what Alice has seen: the next message is seq 3, not a

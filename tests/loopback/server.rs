@@ -154,6 +154,61 @@ impl Server {
         }
     }
 
+    /// The value of one metrics series, e.g. `turnpike_turn_allocations` or
+    /// `turnpike_turn_auth_failures_total{reason="expired"}`.
+    pub fn metric(&self, series: &str) -> u64 {
+        let body = http_get(self.metrics, "/metrics");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{body}"))
+    }
+
+    /// Waits (metrics are published every 100 ms) until `series` equals `want`.
+    pub fn wait_metric(&self, series: &str, want: u64) {
+        self.wait_metric_until(series, |v| v == want, &format!("{want}"));
+    }
+
+    /// Waits up to 5 s until `ok(value of series)`; `expected` describes it for the panic.
+    pub fn wait_metric_until(&self, series: &str, ok: impl Fn(u64) -> bool, expected: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric(series);
+            if ok(v) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {series} is {v}, expected {expected}",
+                self.http
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls `/readyz` until `ok(response)` (status line, headers and body), within
+    /// `within`; returns the response.
+    pub fn wait_readyz(&self, ok: impl Fn(&str) -> bool, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = http_get(self.http, "/readyz");
+            if ok(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz of {} never became as expected: {r}",
+                self.http
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the server with SIGTERM and checks it exits cleanly.
     pub fn stop(self) {
         let status = self.signal_and_wait(15, Duration::from_secs(10));

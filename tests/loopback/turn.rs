@@ -105,44 +105,14 @@ fn start(opts: Opts<'_>) -> Turn {
 }
 
 impl Turn {
-    /// The value of one metrics series, e.g. `turnpike_turn_allocations` or
-    /// `turnpike_turn_auth_failures_total{reason="expired"}`.
-    fn metric(&self, series: &str) -> u64 {
-        let body = http_get(self.srv.metrics, "/metrics");
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{body}"))
-    }
-
-    /// Waits (metrics are published every 100 ms) until `series` equals `want`.
     fn wait_metric(&self, series: &str, want: u64) {
-        self.wait_for(series, |v| v == want, &format!("{want}"));
+        self.srv.wait_metric(series, want);
     }
 
     /// Waits until `series` is at least `min`.
     fn wait_at_least(&self, series: &str, min: u64) {
-        self.wait_for(series, |v| v >= min, &format!("at least {min}"));
-    }
-
-    fn wait_for(&self, series: &str, ok: impl Fn(u64) -> bool, expected: &str) {
-        let deadline = Instant::now() + ARRIVE;
-        loop {
-            let v = self.metric(series);
-            if ok(v) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} is {v}, expected {expected}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.srv
+            .wait_metric_until(series, |v| v >= min, &format!("at least {min}"));
     }
 
     fn stop(self) {

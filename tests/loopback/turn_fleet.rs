@@ -66,52 +66,16 @@ fn node(ip: &str, secrets: &[&str], extra: &[&str]) -> Node {
 }
 
 impl Node {
-    /// The value of one metrics series, e.g. `turnpike_turn_allocations`.
-    fn metric(&self, series: &str) -> u64 {
-        let body = http_get(self.srv.metrics, "/metrics");
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{body}"))
-    }
-
-    /// Waits (metrics are published every 100 ms) until `series` equals `want`.
     fn wait_metric(&self, series: &str, want: u64) {
-        let deadline = Instant::now() + ARRIVE;
-        loop {
-            let v = self.metric(series);
-            if v == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {}: {series} is {v}, expected {want}",
-                self.udp
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.srv.wait_metric(series, want);
     }
 
     /// Polls `/readyz` until it answers 503 "not ready: draining".
     fn wait_draining(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let r = http_get(self.srv.http, "/readyz");
-            if r.starts_with("HTTP/1.1 503") && r.ends_with("\r\n\r\nnot ready: draining\n") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz of {} never said draining: {r}",
-                self.udp
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.srv.wait_readyz(
+            |r| r.starts_with("HTTP/1.1 503") && r.ends_with("\r\n\r\nnot ready: draining\n"),
+            Duration::from_secs(5),
+        );
     }
 
     /// The TURN entry (username, credential) of the hub's `GET /v1/ice-servers`; checks that

@@ -176,6 +176,9 @@ pub struct HubMetrics {
     pub store_reconnects: AtomicU64,
     /// Nodes this node found dead (heartbeat expired) and whose sessions it detached.
     pub dead_nodes: AtomicU64,
+    /// Connections closed because messages to them went missing (a gap in `seq` that did not
+    /// fill within the replay cap), so their clients resume from the replay buffer.
+    pub resyncs: AtomicU64,
 }
 
 impl HubMetrics {
@@ -195,6 +198,23 @@ impl HubMetrics {
         self.resumes.store(st.resumes, Relaxed);
         self.expired.store(st.expired_sessions, Relaxed);
         self.closed.store(st.closed_by_hub, Relaxed);
+    }
+
+    /// Adds counts from one cluster connection (in cluster mode no single core holds them).
+    pub fn add(&self, st: &turnpike_signal::hub::Stats) {
+        // Called after every message: touch only the counters that moved (shared cache lines
+        // between all connection tasks).
+        let counters = self.messages.iter().zip(st.messages);
+        let counters = counters.chain(self.errors.iter().zip(st.errors));
+        let counters = counters.chain([
+            (&self.resumes, st.resumes),
+            (&self.closed, st.closed_by_hub),
+        ]);
+        for (a, v) in counters {
+            if v > 0 {
+                a.fetch_add(v, Relaxed);
+            }
+        }
     }
 
     fn render(&self, s: &mut String) {
@@ -292,6 +312,11 @@ impl HubMetrics {
                 "turnpike_hub_dead_nodes_total",
                 "Hub nodes this node found silent, whose sessions it moved to the resume window.",
                 &self.dead_nodes,
+            ),
+            (
+                "turnpike_hub_resyncs_total",
+                "Connections closed (1011) so the client resumes, because messages to them went missing.",
+                &self.resyncs,
             ),
         ] {
             let _ = writeln!(

@@ -68,6 +68,25 @@ pub(crate) enum Out {
     Close(u16, &'static str),
 }
 
+/// 32 bytes from the OS's random source, to key session id generators (session ids are
+/// bearer tokens for `resume`). Without a random source — which does not happen on a working
+/// Linux — the server is marked failed (`/readyz` unready) and a clock-based key keeps it up.
+pub(crate) fn random_key(shared: Option<&crate::Shared>) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut k) {
+        static N: AtomicU64 = AtomicU64::new(0);
+        if let Some(shared) = shared {
+            shared.fail(format!("no random source for session ids: {e}"));
+        }
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        k[..8].copy_from_slice(&t.to_le_bytes());
+        k[8..16].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    k
+}
+
 /// The current time, both ways.
 pub(crate) fn now() -> Now {
     Now {
@@ -126,13 +145,7 @@ fn spawn_local(
     mut shutdown: watch::Receiver<bool>,
     mut rx: mpsc::Receiver<Event>,
 ) {
-    // Session ids are bearer tokens for `resume`: key their generator from the OS.
-    let mut key = [0u8; 32];
-    if let Err(e) = getrandom::fill(&mut key) {
-        tracing::error!(error = %e, "no random source for session ids");
-        shared.fail(format!("no random source: {e}"));
-    }
-    let mut hub = Hub::with_key(config, key);
+    let mut hub = Hub::with_key(config, random_key(Some(&shared)));
     tokio::spawn(async move {
         let mut conns: HashMap<ConnId, mpsc::Sender<Out>> = HashMap::new();
         loop {

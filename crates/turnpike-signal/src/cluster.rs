@@ -334,8 +334,7 @@ impl ClusterConn {
         };
         self.stats.messages[msg.type_index()] += 1;
         let attached = self.session.clone();
-        let routed = |to: String, msg: ServerMsg| (to, body_of(&msg));
-        let route = match msg {
+        match msg {
             ClientMsg::Join {
                 room,
                 peer_id,
@@ -358,7 +357,7 @@ impl ClusterConn {
                 let generated = peer_id.is_none();
                 let peer_id = peer_id.unwrap_or_else(|| format!("p-{}", self.ids.hex(4)));
                 let sid = self.ids.hex(16);
-                return self.request_join(sid, room, peer_id, generated, 0);
+                self.request_join(sid, room, peer_id, generated, 0)
             }
             ClientMsg::Resume { session, last_seq } => {
                 if attached.is_some() {
@@ -388,12 +387,11 @@ impl ClusterConn {
                     sid: session,
                     last_seq,
                 }));
-                return;
             }
             ClientMsg::Ping => {
                 // A well-formed message: ends a run of errors, as on a single node.
                 self.strikes = 0;
-                return self.push_own(&ServerMsg::Pong);
+                self.push_own(&ServerMsg::Pong)
             }
             ClientMsg::Leave => {
                 let Some(a) = attached else {
@@ -402,43 +400,39 @@ impl ClusterConn {
                 self.pending = Pending::Leave;
                 self.out
                     .push_back(Action::Request(Request::Leave { sid: a.sid }));
-                return;
             }
             ClientMsg::Offer { to, sdp } => {
-                let from = attached.as_ref().map(|a| a.peer_id.clone());
-                from.map(|from| routed(to, ServerMsg::Offer { from, sdp }))
+                self.route(config, to, |from| ServerMsg::Offer { from, sdp });
             }
             ClientMsg::Answer { to, sdp } => {
-                let from = attached.as_ref().map(|a| a.peer_id.clone());
-                from.map(|from| routed(to, ServerMsg::Answer { from, sdp }))
+                self.route(config, to, |from| ServerMsg::Answer { from, sdp });
             }
             ClientMsg::Candidate { to, candidate } => {
-                let from = attached.as_ref().map(|a| a.peer_id.clone());
-                from.map(|from| routed(to, ServerMsg::Candidate { from, candidate }))
+                self.route(config, to, |from| ServerMsg::Candidate { from, candidate });
             }
-            ClientMsg::Bye { to } => {
-                let from = attached.as_ref().map(|a| a.peer_id.clone());
-                from.map(|from| routed(to, ServerMsg::Bye { from }))
-            }
-        };
-        match (route, attached) {
-            (Some((to, body)), Some(a)) => {
-                if to == a.peer_id {
-                    return self.error(
-                        config,
-                        ErrorCode::PeerNotFound,
-                        format!("no peer `{to}` in this room"),
-                    );
-                }
-                self.pending = Pending::Route { to: to.clone() };
-                self.out.push_back(Action::Request(Request::Route {
-                    sid: a.sid,
-                    to,
-                    body,
-                }));
-            }
-            _ => self.error(config, ErrorCode::NotJoined, "join a room first".to_owned()),
+            ClientMsg::Bye { to } => self.route(config, to, |from| ServerMsg::Bye { from }),
         }
+    }
+
+    /// Asks the store to append `make(own peer id)` to peer `to`'s stream.
+    fn route(&mut self, config: &HubConfig, to: String, make: impl FnOnce(String) -> ServerMsg) {
+        let Some(a) = self.session.clone() else {
+            return self.error(config, ErrorCode::NotJoined, "join a room first".to_owned());
+        };
+        if to == a.peer_id {
+            return self.error(
+                config,
+                ErrorCode::PeerNotFound,
+                format!("no peer `{to}` in this room"),
+            );
+        }
+        let body = body_of(&make(a.peer_id));
+        self.pending = Pending::Route { to: to.clone() };
+        self.out.push_back(Action::Request(Request::Route {
+            sid: a.sid,
+            to,
+            body,
+        }));
     }
 
     fn request_join(

@@ -32,11 +32,10 @@ use turnpike_signal::HubConfig;
 use turnpike_signal::cluster::{
     Action, ClusterConn, Delivery, Publication, Reply, Request, Sequencer,
 };
-use turnpike_signal::hub::Stats;
 use turnpike_signal::protocol::ErrorCode;
 
 use crate::Shared;
-use crate::signal::{Out, now, write_frames};
+use crate::signal::{Out, now, random_key, write_frames};
 
 /// How long one Redis operation may take before the client gets `unavailable`.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -151,34 +150,17 @@ pub struct Node {
     shared: Arc<Shared>,
 }
 
-fn random32() -> [u8; 32] {
-    let mut k = [0u8; 32];
-    if getrandom::fill(&mut k).is_err() {
-        // No OS randomness: fall back to the clock and a counter, and say so.
-        tracing::error!("no random source; session ids are weak");
-        static N: AtomicU64 = AtomicU64::new(0);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        k[..8].copy_from_slice(&t.to_le_bytes());
-        k[8..16].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    }
-    k
-}
-
 fn hex_id() -> String {
-    random32()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    random_key(None)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Node {
     /// Whether the node can reach Redis.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::SeqCst)
-    }
-
-    /// This node's id (random per process).
-    pub fn id(&self) -> &str {
-        &self.id
     }
 
     fn set_up(&self, up: bool) {
@@ -195,22 +177,6 @@ impl Node {
         m.connections
             .store(self.conns.len() as u64, Ordering::Relaxed);
         m.peers.store(self.sessions.len() as u64, Ordering::Relaxed);
-    }
-
-    fn add_stats(&self, st: &Stats) {
-        let m = &self.shared.metrics.hub;
-        for (a, v) in m.messages.iter().zip(st.messages) {
-            if v > 0 {
-                a.fetch_add(v, Ordering::Relaxed);
-            }
-        }
-        for (a, v) in m.errors.iter().zip(st.errors) {
-            if v > 0 {
-                a.fetch_add(v, Ordering::Relaxed);
-            }
-        }
-        m.resumes.fetch_add(st.resumes, Ordering::Relaxed);
-        m.closed.fetch_add(st.closed_by_hub, Ordering::Relaxed);
     }
 
     /// Admits a new connection from `ip` (per-node limits), or says why not.
@@ -241,38 +207,37 @@ impl Node {
         }
     }
 
-    async fn call<T: redis::FromRedisValue>(&self, script: &Script, args: &[&str]) -> Option<T> {
+    /// Runs `script` with the key prefix and `args`; the error says what failed (counted in
+    /// `turnpike_hub_store_errors_total` when Redis was asked).
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        args: &[&str],
+    ) -> Result<T, String> {
         let mut link = self
             .link
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
+            .clone()
+            .ok_or_else(|| "no link to redis".to_owned())?;
         let mut inv = script.prepare_invoke();
         inv.arg(&self.redis.prefix);
         for a in args {
             inv.arg(*a);
         }
-        match tokio::time::timeout(OP_TIMEOUT, inv.invoke_async(&mut link)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                self.shared
-                    .metrics
-                    .hub
-                    .store_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "redis operation failed");
-                None
-            }
-            Err(_) => {
-                self.shared
-                    .metrics
-                    .hub
-                    .store_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("redis operation timed out");
-                None
-            }
+        let result = match tokio::time::timeout(OP_TIMEOUT, inv.invoke_async(&mut link)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {OP_TIMEOUT:?}")),
+        };
+        if let Err(e) = &result {
+            self.shared
+                .metrics
+                .hub
+                .store_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "redis operation failed");
         }
+        result
     }
 
     async fn execute(&self, conn: u64, req: &Request) -> Reply {
@@ -292,7 +257,7 @@ impl Node {
                     &max_rooms,
                     &cap,
                 ];
-                let Some(r) = self.call::<Vec<String>>(&self.scripts.join, &args).await else {
+                let Ok(r) = self.call::<Vec<String>>(&self.scripts.join, &args).await else {
                     return Reply::Unavailable;
                 };
                 match r.first().map(String::as_str) {
@@ -311,6 +276,7 @@ impl Node {
                 match self
                     .call::<String>(&self.scripts.route, &args)
                     .await
+                    .ok()
                     .as_deref()
                 {
                     Some("ok") => Reply::Done,
@@ -324,6 +290,7 @@ impl Node {
                 match self
                     .call::<String>(&self.scripts.own, &args)
                     .await
+                    .ok()
                     .as_deref()
                 {
                     Some("ok") => Reply::Done,
@@ -336,6 +303,7 @@ impl Node {
                 match self
                     .call::<String>(&self.scripts.leave, &args)
                     .await
+                    .ok()
                     .as_deref()
                 {
                     Some("ok") => Reply::Done,
@@ -346,7 +314,7 @@ impl Node {
             Request::Resume { sid, last_seq } => {
                 let last = last_seq.to_string();
                 let args = [sid.as_str(), &self.id, &conn, &last];
-                let Some(r) = self.call::<Vec<String>>(&self.scripts.resume, &args).await else {
+                let Ok(r) = self.call::<Vec<String>>(&self.scripts.resume, &args).await else {
                     return Reply::Unavailable;
                 };
                 parse_resumed(&r, *last_seq).unwrap_or(Reply::NoSession)
@@ -360,11 +328,7 @@ impl Node {
         let window = self.hub.resume_window.as_millis().to_string();
         let ttl = self.key_ttl().as_millis().to_string();
         let args = [sid, &self.id, &c, &window, &ttl];
-        if self
-            .call::<i64>(&self.scripts.detach, &args)
-            .await
-            .is_none()
-        {
+        if self.call::<i64>(&self.scripts.detach, &args).await.is_err() {
             self.detach_later(sid, conn);
         }
     }
@@ -445,7 +409,8 @@ impl Node {
                     let args = [sid.as_str(), &self.id, &c, peer, room, &n];
                     let r = self
                         .call::<Vec<String>>(&self.scripts.reconcile, &args)
-                        .await;
+                        .await
+                        .ok();
                     (sid, *conn, *next, r)
                 },
             ))
@@ -511,9 +476,9 @@ impl Node {
         let ttl = self.key_ttl().as_millis().to_string();
         let args = [self.id.as_str(), &window, &ttl];
         match self.call::<i64>(&self.scripts.retire, &args).await {
-            Some(n) => tracing::info!(node = %self.id, sessions = n, "hub node left the cluster"),
-            None => {
-                tracing::warn!(node = %self.id, "could not leave the cluster cleanly; other nodes will after its heartbeat expires")
+            Ok(n) => tracing::info!(node = %self.id, sessions = n, "hub node left the cluster"),
+            Err(e) => {
+                tracing::warn!(node = %self.id, error = %e, "could not leave the cluster cleanly; other nodes will after its heartbeat expires")
             }
         }
         self.set_up(false);
@@ -557,7 +522,11 @@ fn parse_resumed(r: &[String], last_seq: u64) -> Option<Reply> {
 /// Checks that `url` is a Redis URL the client accepts (without connecting). The error
 /// never repeats the URL, which may hold a password.
 pub fn check_url(url: &str) -> anyhow::Result<()> {
-    redis::Client::open(url).map(|_| ()).map_err(|e| {
+    client(url).map(|_| ())
+}
+
+fn client(url: &str) -> anyhow::Result<redis::Client> {
+    redis::Client::open(url).map_err(|e| {
         anyhow::anyhow!(
             "invalid --redis URL ({:?}); expected redis://[USER:PASSWORD@]HOST:PORT[/DB]",
             e.kind()
@@ -573,8 +542,7 @@ pub fn spawn(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
-    check_url(&redis.url)?;
-    let client = redis::Client::open(redis.url.as_str())?;
+    let client = client(&redis.url)?;
     let node = Arc::new(Node {
         id: hex_id(),
         hub,
@@ -595,105 +563,125 @@ pub fn spawn(
     Ok((node, task))
 }
 
-async fn supervise(node: Arc<Node>, client: redis::Client, mut shutdown: watch::Receiver<bool>) {
-    let channel = format!("{}n:{}", node.redis.prefix, node.id);
-    let beat = (node.redis.node_timeout / 5).max(Duration::from_millis(200));
-    let mut backoff = Duration::from_millis(100);
-    let mut connected_before = false;
-    loop {
-        let attempt = async {
-            let link = client.get_multiplexed_async_connection().await?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>((link, pubsub))
-        };
-        let (link, pubsub) = tokio::select! {
-            _ = crate::stopped(&mut shutdown) => break,
-            r = tokio::time::timeout(OP_TIMEOUT, attempt) => match r {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach redis");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "redis connect timed out");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(100);
-        *node.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link);
-        let mut stream = pubsub.into_on_message();
-        // Register before serving: a first heartbeat that finds the node unknown is normal.
-        if heartbeat(&node).await.is_none() {
-            *node.link.write().unwrap_or_else(|e| e.into_inner()) = None;
-            continue;
-        }
-        if connected_before {
-            // Sessions may have been detached, ended or lost meanwhile: re-attach them.
-            node.reconcile().await;
-        }
-        node.set_up(true);
-        if connected_before {
-            node.shared
-                .metrics
-                .hub
-                .store_reconnects
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(node = %node.id, "redis link restored");
-        } else {
-            tracing::info!(node = %node.id, "hub cluster node connected to redis");
-        }
-        connected_before = true;
-        let mut hb = tokio::time::interval(beat);
-        hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        hb.tick().await;
-        let mut sweep = tokio::time::interval(Duration::from_millis(500));
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let lost = loop {
-            tokio::select! {
-                _ = crate::stopped(&mut shutdown) => {
-                    node.retire().await;
-                    return;
-                }
-                msg = stream.next() => match msg {
-                    Some(m) => {
-                        if let Ok(p) = std::str::from_utf8(m.get_payload_bytes()) {
-                            node.dispatch(p);
-                        }
-                    }
-                    None => break "subscription closed",
-                },
-                _ = hb.tick() => match heartbeat(&node).await {
-                    None => break "heartbeat failed",
-                    Some(true) => {
-                        // Another node swept this one as dead (or Redis lost its data).
-                        tracing::warn!(node = %node.id, "node was unknown to redis; reconciling sessions");
-                        node.reconcile().await;
-                    }
-                    Some(false) => {}
-                },
-                _ = sweep.tick() => {
-                    if !run_sweep(&node).await {
-                        break "sweep failed";
-                    }
-                }
-            }
-        };
-        node.set_up(false);
-        *node.link.write().unwrap_or_else(|e| e.into_inner()) = None;
-        tracing::warn!(node = %node.id, reason = lost, "lost redis; signaling unavailable until it returns");
-    }
-    node.shutdown_all();
-    node.set_up(false);
+/// How a link to Redis ended.
+enum Outcome {
+    /// The server is stopping.
+    Stop,
+    /// The link failed (`was_up`: after the node had served on it).
+    Lost { reason: String, was_up: bool },
 }
 
-/// Beats the node's heartbeat; `Some(true)` if Redis did not know the node.
-async fn heartbeat(node: &Node) -> Option<bool> {
+async fn supervise(node: Arc<Node>, client: redis::Client, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut reconnect = false;
+    loop {
+        match serve_link(&node, &client, &mut shutdown, reconnect).await {
+            Outcome::Stop => break,
+            Outcome::Lost { reason, was_up } => {
+                node.set_up(false);
+                *node.link.write().unwrap_or_else(|e| e.into_inner()) = None;
+                if was_up {
+                    reconnect = true;
+                    backoff = Duration::from_millis(100);
+                    tracing::warn!(node = %node.id, %reason, "lost redis; signaling unavailable until it returns");
+                } else {
+                    tracing::warn!(node = %node.id, %reason, retry_in_ms = backoff.as_millis() as u64, "cannot reach redis");
+                }
+                tokio::select! {
+                    _ = crate::stopped(&mut shutdown) => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                if !was_up {
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+    node.retire().await;
+}
+
+/// Connects, subscribes to the node's channel, and serves until the link fails or the
+/// server stops. After a `reconnect`, reconciles the node's sessions before serving.
+async fn serve_link(
+    node: &Node,
+    client: &redis::Client,
+    shutdown: &mut watch::Receiver<bool>,
+    reconnect: bool,
+) -> Outcome {
+    let lost = |reason: String, was_up| Outcome::Lost { reason, was_up };
+    let channel = format!("{}n:{}", node.redis.prefix, node.id);
+    let connect = async {
+        let link = client.get_multiplexed_async_connection().await?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        Ok::<_, redis::RedisError>((link, pubsub))
+    };
+    let (link, pubsub) = tokio::select! {
+        _ = crate::stopped(shutdown) => return Outcome::Stop,
+        r = tokio::time::timeout(OP_TIMEOUT, connect) => match r {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return lost(e.to_string(), false),
+            Err(_) => return lost(format!("no connection within {OP_TIMEOUT:?}"), false),
+        },
+    };
+    *node.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link);
+    let mut stream = pubsub.into_on_message();
+    // Register before serving: a first heartbeat that finds the node unknown is normal. A
+    // failure here (an ACL without EVALSHA, say) is reported in Redis's words and retried
+    // with backoff, not in a tight loop.
+    if let Err(e) = heartbeat(node).await {
+        return lost(format!("heartbeat failed: {e}"), false);
+    }
+    if reconnect {
+        // Sessions may have been detached, ended or lost meanwhile: re-attach them.
+        node.reconcile().await;
+        node.shared
+            .metrics
+            .hub
+            .store_reconnects
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(node = %node.id, "redis link restored");
+    } else {
+        tracing::info!(node = %node.id, "hub cluster node connected to redis");
+    }
+    node.set_up(true);
+    let beat = (node.redis.node_timeout / 5).max(Duration::from_millis(200));
+    let mut hb = tokio::time::interval(beat);
+    hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    hb.tick().await;
+    let mut sweep = tokio::time::interval(Duration::from_millis(500));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = crate::stopped(shutdown) => return Outcome::Stop,
+            msg = stream.next() => match msg {
+                Some(m) => {
+                    if let Ok(p) = std::str::from_utf8(m.get_payload_bytes()) {
+                        node.dispatch(p);
+                    }
+                }
+                None => return lost("subscription closed".to_owned(), true),
+            },
+            _ = hb.tick() => match heartbeat(node).await {
+                Err(e) => return lost(format!("heartbeat failed: {e}"), true),
+                Ok(true) => {
+                    // Another node swept this one as dead (or Redis lost its data).
+                    tracing::warn!(node = %node.id, "node was unknown to redis; reconciling sessions");
+                    node.reconcile().await;
+                }
+                Ok(false) => {}
+            },
+            _ = sweep.tick() => {
+                if let Err(e) = run_sweep(node).await {
+                    return lost(format!("sweep failed: {e}"), true);
+                }
+            }
+        }
+    }
+}
+
+/// Beats the node's heartbeat; `Ok(true)` if Redis did not know the node.
+async fn heartbeat(node: &Node) -> Result<bool, String> {
     let r: Vec<i64> = node.call(&node.scripts.heartbeat, &[&node.id]).await?;
     let added = r.first().copied().unwrap_or(0) == 1;
     if let Some(rooms) = r.get(1) {
@@ -704,19 +692,17 @@ async fn heartbeat(node: &Node) -> Option<bool> {
             .store((*rooms).max(0) as u64, Ordering::Relaxed);
     }
     node.publish_gauges();
-    Some(added)
+    Ok(added)
 }
 
-/// One sweep; false if Redis failed.
-async fn run_sweep(node: &Node) -> bool {
+/// One sweep.
+async fn run_sweep(node: &Node) -> Result<(), String> {
     let ttl = node.redis.node_timeout.as_millis().to_string();
     let window = node.hub.resume_window.as_millis().to_string();
     let key_ttl = node.key_ttl().as_millis().to_string();
     let cap = node.hub.replay_cap.max(1).to_string();
     let args = [ttl.as_str(), &window, &key_ttl, &cap, "500"];
-    let Some(r) = node.call::<Vec<i64>>(&node.scripts.sweep, &args).await else {
-        return false;
-    };
+    let r = node.call::<Vec<i64>>(&node.scripts.sweep, &args).await?;
     let m = &node.shared.metrics.hub;
     let (dead, detached, ended) = (
         r.first().copied().unwrap_or(0).max(0) as u64,
@@ -732,7 +718,7 @@ async fn run_sweep(node: &Node) -> bool {
         m.dead_nodes.fetch_add(dead, Ordering::Relaxed);
     }
     m.expired.fetch_add(ended, Ordering::Relaxed);
-    true
+    Ok(())
 }
 
 /// A connection admitted by [`Node::admit`]; dropping it gives the admission back.
@@ -776,8 +762,8 @@ pub(crate) async fn serve_socket(
     let mut writer = tokio::spawn(write_frames(sink, rx));
     node.publish_gauges();
     let hub = &node.hub;
-    let mut core = ClusterConn::new(hub, now(), host, random32());
-    let mut random = random32;
+    let mut random = || random_key(Some(&node.shared));
+    let mut core = ClusterConn::new(hub, now(), host, random());
     'conn: loop {
         while let Some(action) = core.poll_action() {
             match action {
@@ -838,7 +824,7 @@ pub(crate) async fn serve_socket(
                 }
             }
         }
-        node.add_stats(&core.take_stats());
+        node.shared.metrics.hub.add(&core.take_stats());
         let deadline = core.poll_timeout(hub);
         let timer = async {
             match deadline {
@@ -861,7 +847,10 @@ pub(crate) async fn serve_socket(
                     node.shared.metrics.hub.slow_closed.fetch_add(1, Ordering::Relaxed);
                     core.not_reading();
                 }
-                Some(Ctl::Resync) => core.shut(1011, "messages lost; resume"),
+                Some(Ctl::Resync) => {
+                    node.shared.metrics.hub.resyncs.fetch_add(1, Ordering::Relaxed);
+                    core.shut(1011, "messages lost; resume");
+                }
                 Some(Ctl::Lost(sid)) => core.session_lost(&sid),
                 Some(Ctl::Shutdown) | None => core.shut(1001, "server shutting down"),
             },
@@ -869,7 +858,7 @@ pub(crate) async fn serve_socket(
             _ = &mut writer => break 'conn,
         }
     }
-    node.add_stats(&core.take_stats());
+    node.shared.metrics.hub.add(&core.take_stats());
     node.conns.remove(&conn);
     drop(tx);
     if let Some(sid) = core.session().map(str::to_owned) {
