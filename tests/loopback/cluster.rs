@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::hub::{Ws, connect, recv, send};
+use crate::hub::{Ws, connect, per_ip_limit_counts_forwarded_clients, recv, send};
 use crate::redis::RedisServer;
 use crate::server::{Server, free_port, http_get};
 
@@ -538,4 +538,20 @@ async fn lost_subscriptions_and_a_stale_counter_are_reconciled() {
     assert_eq!(redis.cmd(&["HGET", &key, "q"]).as_str(), Some("6"));
     a.stop();
     b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_behind_a_trusted_proxy_counts_forwarded_clients() {
+    let redis = RedisServer::start();
+    let n = node(
+        &redis,
+        &[
+            "--trusted-proxy",
+            "127.0.0.0/8",
+            "--hub-max-connections-per-ip",
+            "1",
+        ],
+    );
+    per_ip_limit_counts_forwarded_clients(&n).await;
+    n.stop();
 }

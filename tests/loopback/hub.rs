@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::server::{Server, free_port, http_get};
+use crate::server::{Server, free_port, http_get, run_to_exit};
 
 pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -18,6 +18,82 @@ pub(crate) async fn connect(srv: &Server) -> Ws {
         .await
         .expect("WebSocket connect");
     ws
+}
+
+/// Opens `/v1/ws` with an `X-Forwarded-For: forwarded_for` header (none if empty), as a
+/// reverse proxy would; `Err` holds the HTTP status of a refused upgrade.
+pub(crate) async fn connect_forwarded(srv: &Server, forwarded_for: &str) -> Result<Ws, u16> {
+    let mut req = format!("ws://{}/v1/ws", srv.http)
+        .into_client_request()
+        .unwrap();
+    if !forwarded_for.is_empty() {
+        req.headers_mut()
+            .insert("X-Forwarded-For", forwarded_for.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("WebSocket connect: {e}"),
+    }
+}
+
+/// With `--trusted-proxy 127.0.0.0/8 --hub-max-connections-per-ip 1` on `srv`: the per-IP
+/// limit counts the addresses in X-Forwarded-For, not the proxy's (loopback) address.
+pub(crate) async fn per_ip_limit_counts_forwarded_clients(srv: &Server) {
+    let a = connect_forwarded(srv, "203.0.113.1")
+        .await
+        .expect("first client");
+    let _b = connect_forwarded(srv, "203.0.113.2")
+        .await
+        .expect("another client through the same proxy");
+    assert_eq!(
+        connect_forwarded(srv, "203.0.113.1").await.err(),
+        Some(429),
+        "a second connection of the first client is over its limit"
+    );
+    // Entries left of the client are the client's own claims, and trusted proxies on the
+    // right are skipped: this is 203.0.113.1 again.
+    assert_eq!(
+        connect_forwarded(srv, "198.51.100.9, 203.0.113.1, 127.0.0.9")
+            .await
+            .err(),
+        Some(429)
+    );
+    let _c = connect_forwarded(srv, "203.0.113.1, 203.0.113.3, 127.0.0.9")
+        .await
+        .expect("203.0.113.3 is a new client");
+    // Without the header, the proxy itself is the client, and it too has one slot.
+    let _d = connect_forwarded(srv, "").await.expect("the proxy itself");
+    assert_eq!(connect_forwarded(srv, "").await.err(), Some(429));
+    // An entry that is not an address stops the walk at the last good one: here none, so
+    // the proxy's own (occupied) slot; it is counted.
+    assert_eq!(srv.metric("turnpike_hub_forwarded_for_invalid_total"), 0);
+    assert_eq!(
+        connect_forwarded(srv, "203.0.113.4, unknown").await.err(),
+        Some(429)
+    );
+    assert_eq!(srv.metric("turnpike_hub_forwarded_for_invalid_total"), 1);
+    // IPv6 clients and the forms proxies write with ports.
+    let _e = connect_forwarded(srv, "[2001:db8::7]:4711")
+        .await
+        .expect("an IPv6 client");
+    assert_eq!(connect_forwarded(srv, "2001:db8::7").await.err(), Some(429));
+    // When the first client goes, its slot is free again.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match connect_forwarded(srv, "203.0.113.1").await {
+            Ok(_) => break,
+            Err(status) => {
+                assert_eq!(status, 429);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot of a closed connection was not given back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 pub(crate) async fn send(ws: &mut Ws, v: Value) {
@@ -373,4 +449,138 @@ async fn welcome_and_ice_servers_carry_working_turn_credentials() {
         .unwrap();
     assert_eq!(result, None);
     srv.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stun_urls_replace_the_hubs_own() {
+    let p = free_port("127.0.0.1");
+    let listen = format!("127.0.0.1:{p}");
+    let args = [
+        "--listen",
+        &listen,
+        "--stun-url",
+        "stun:{host}:19302",
+        "--stun-url",
+        "stun:stun2.example.org:3478",
+    ];
+    let srv = Server::start(&args);
+    let stun_entry = |servers: &Value| -> Vec<String> {
+        serde_json::from_value(servers[0]["urls"].clone()).expect("a list of URLs")
+    };
+    // {host} is the host the request named (http_get sends `Host: test`).
+    let r = http_get(srv.http, "/v1/ice-servers");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let body: Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        stun_entry(&body["iceServers"]),
+        ["stun:test:19302", "stun:stun2.example.org:3478"]
+    );
+    assert!(
+        body["iceServers"][0].get("username").is_none(),
+        "STUN needs no credentials"
+    );
+    assert_eq!(
+        body["iceServers"][1]["urls"][0],
+        format!("turn:test:{p}?transport=udp"),
+        "the TURN URLs are still this server's own"
+    );
+    // welcome and resumed carry the same list, filled with the WebSocket's Host.
+    let mut a = connect(&srv).await;
+    send(&mut a, json!({"type": "join", "room": "stun-urls"})).await;
+    let w = recv(&mut a).await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    let want = ["stun:127.0.0.1:19302", "stun:stun2.example.org:3478"];
+    assert_eq!(stun_entry(&w["ice_servers"]), want);
+    drop(a);
+    let mut a2 = connect(&srv).await;
+    send(
+        &mut a2,
+        json!({"type": "resume", "session": w["session"], "last_seq": 1}),
+    )
+    .await;
+    let r = recv(&mut a2).await;
+    assert_eq!(r["type"], "resumed", "{r}");
+    assert_eq!(stun_entry(&r["ice_servers"]), want);
+    srv.stop();
+
+    // --print-config shows them; a URL of another scheme is refused at start.
+    let mut print = vec!["serve"];
+    print.extend_from_slice(&args);
+    print.push("--print-config");
+    let (ok, out) = run_to_exit(&print, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("stun_url = [\"stun:{host}:19302\", \"stun:stun2.example.org:3478\"]"),
+        "{out}"
+    );
+    let (ok, out) = run_to_exit(
+        &[
+            "serve",
+            "--stun-url",
+            "turn:x.example:3478",
+            "--print-config",
+        ],
+        &[],
+    );
+    assert!(
+        !ok && out
+            .contains("--stun-url turn:x.example:3478: a STUN URL starts with stun: or stuns:"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_per_ip_limit_counts_forwarded_clients() {
+    let p = free_port("127.0.0.1");
+    let srv = Server::start(&[
+        "--listen",
+        &format!("127.0.0.1:{p}"),
+        "--trusted-proxy",
+        "127.0.0.0/8",
+        "--hub-max-connections-per-ip",
+        "1",
+    ]);
+    per_ip_limit_counts_forwarded_clients(&srv).await;
+    srv.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trusted_proxies_x_forwarded_for_is_ignored() {
+    let p = free_port("127.0.0.1");
+    let srv = Server::start(&[
+        "--listen",
+        &format!("127.0.0.1:{p}"),
+        "--hub-max-connections-per-ip",
+        "1",
+    ]);
+    let _a = connect_forwarded(&srv, "203.0.113.1")
+        .await
+        .expect("first connection");
+    for claim in ["203.0.113.2", "unknown", ""] {
+        assert_eq!(
+            connect_forwarded(&srv, claim).await.err(),
+            Some(429),
+            "X-Forwarded-For: {claim} from an untrusted peer changes nothing"
+        );
+    }
+    assert_eq!(srv.metric("turnpike_hub_forwarded_for_invalid_total"), 0);
+    srv.stop();
+
+    // A trusted network must be a network.
+    let (ok, out) = run_to_exit(
+        &["serve", "--trusted-proxy", "10.0.0.0/33", "--print-config"],
+        &[],
+    );
+    assert!(
+        !ok && out.contains("--trusted-proxy 10.0.0.0/33: the prefix length"),
+        "{out}"
+    );
+    let (ok, out) = run_to_exit(
+        &["serve", "--print-config"],
+        &[("TURNPIKE_TRUSTED_PROXY", "10.0.0.0/8,192.0.2.7")],
+    );
+    assert!(
+        ok && out.contains("trusted_proxy = [\"10.0.0.0/8\", \"192.0.2.7\"]"),
+        "{out}"
+    );
 }

@@ -213,3 +213,47 @@ fn human_output_and_repeat() {
     }
     let _ = Duration::from_secs(0);
 }
+
+/// Without a default route and with a wildcard `--listen`, there is no relay IP: the server
+/// must say TURN is off (a warning logged while the configuration is validated), not keep
+/// quiet. The namespace is the test's own, with only its loopback.
+#[test]
+fn turn_off_for_lack_of_a_relay_ip_is_logged() {
+    let ns = format!("tp-noroute-{}", std::process::id());
+    let run = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ip (the NAT lab needs iproute2): {e}"))
+    };
+    let made = run(&["netns", "add", &ns]);
+    assert!(
+        made.status.success(),
+        "ip netns add failed (the NAT lab needs root): {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = run(&[
+        "netns",
+        "exec",
+        &ns,
+        BIN,
+        "serve",
+        "--listen",
+        "0.0.0.0:3478",
+        "--print-config",
+    ]);
+    run(&["netns", "del", &ns]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "serve --print-config failed: {stderr}"
+    );
+    assert!(
+        stderr.contains("TURN is off: no relay IP could be determined"),
+        "the warning must be printed; stderr: {stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("listen = [\"0.0.0.0:3478\"]"),
+        "stdout stays the configuration alone"
+    );
+}

@@ -23,6 +23,7 @@ pub mod demo;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod proxy;
 pub mod rlimit;
 pub mod signal;
 pub mod tcp;
@@ -93,6 +94,24 @@ pub struct TlsSettings {
 }
 
 impl ServerConfig {
+    /// File descriptors the configured limits can use at once: a relay socket per allocation
+    /// (two when both IPv4 and IPv6 relays are offered), a socket per TCP/TLS client, a
+    /// WebSocket per hub connection when HTTP is on, and 256 for listeners, the metrics and
+    /// health endpoints, Redis and the runtime.
+    pub fn open_files_needed(&self) -> u64 {
+        let relays = self.turn.as_ref().map_or(0, |t| {
+            let per =
+                u64::from(t.config.relay_v4.is_some()) + u64::from(t.config.relay_v6.is_some());
+            t.quotas.total as u64 * per.max(1)
+        });
+        let hub = if self.http.is_some() {
+            self.signal.hub.max_connections as u64
+        } else {
+            0
+        };
+        relays + self.tcp_max_connections as u64 + hub + 256
+    }
+
     /// Every STUN address to bind: the `listen` addresses, then the extra RFC 5780 ones.
     pub fn stun_addresses(&self) -> Vec<SocketAddr> {
         let mut all = self.listen.clone();
@@ -171,17 +190,16 @@ impl Server {
         });
         let (tx, rx) = watch::channel(false);
         let addresses = config.stun_addresses();
-        // Each allocation holds a relay socket (two when dual-stack) and each stream client a
-        // connection: make room for them, and say so when the host's limit is too low.
-        let needed = config.turn.as_ref().map_or(0, |t| t.quotas.total as u64)
-            + config.tcp_max_connections as u64
-            + 256;
+        // Make room for every socket the limits allow, and say so when the host's limit is
+        // too low.
+        let needed = config.open_files_needed();
         match rlimit::raise_nofile() {
             Ok(n) if n < needed => tracing::warn!(
                 open_files = n,
                 needed,
                 "the open-file limit is lower than the configured allocations and connections \
-                 need; raise it (LimitNOFILE= under systemd, ulimit -n) or lower --max-allocations"
+                 need; raise it (LimitNOFILE= under systemd, ulimit -n) or lower \
+                 --max-allocations, --tcp-max-connections or --hub-max-connections"
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),

@@ -166,6 +166,9 @@ pub struct HubMetrics {
     pub closed: AtomicU64,
     /// Connections closed because they did not read their messages (counted by the adapter).
     pub slow_closed: AtomicU64,
+    /// WebSocket requests from a trusted proxy (`--trusted-proxy`) whose `X-Forwarded-For`
+    /// held an entry that is not an IP address (counted by the adapter).
+    pub forwarded_for_invalid: AtomicU64,
     /// Cluster mode (`--redis`): the store metrics below are rendered.
     pub cluster: std::sync::atomic::AtomicBool,
     /// 1 while the node reaches Redis.
@@ -281,6 +284,11 @@ impl HubMetrics {
                 "turnpike_hub_slow_clients_closed_total",
                 "Connections closed because they did not read their messages.",
                 &self.slow_closed,
+            ),
+            (
+                "turnpike_hub_forwarded_for_invalid_total",
+                "WebSocket requests from a trusted proxy whose X-Forwarded-For held an entry that is not an IP address.",
+                &self.forwarded_for_invalid,
             ),
         ] {
             let _ = writeln!(

@@ -5,9 +5,12 @@
 //! outgoing frames through a bounded per-connection queue. A connection whose queue is full
 //! (a client that does not read) is closed rather than allowed to grow memory. Each socket
 //! is split into a reader (frames → hub) and a writer (hub → frames), and both end together.
+//!
+//! The client address the connection limits count is the TCP peer's or, for a request from a
+//! trusted reverse proxy (`--trusted-proxy`), the one in `X-Forwarded-For` ([`crate::proxy`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -19,6 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
+use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot, watch};
 use turnpike_signal::creds::IceConfig;
 use turnpike_signal::{ConnId, ConnectError, Hub, HubConfig, Now, Output};
@@ -39,12 +43,16 @@ pub struct SignalConfig {
     /// With Redis, the hub is one node of a cluster sharing rooms through it
     /// ([`crate::cluster`]); without, rooms live in this process.
     pub redis: Option<crate::cluster::RedisConfig>,
+    /// Networks of HTTP reverse proxies (`--trusted-proxy`): for a request from one of them,
+    /// the client's address comes from `X-Forwarded-For` ([`crate::proxy::client_ip`]).
+    /// Empty: the header is ignored and the TCP peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 enum Event {
     Connect {
         conn: ConnId,
-        addr: SocketAddr,
+        ip: IpAddr,
         host: Option<String>,
         reply: oneshot::Sender<Result<mpsc::Receiver<Out>, ConnectError>>,
     },
@@ -112,6 +120,8 @@ pub struct SignalState {
     allowed_origins: Arc<Vec<String>>,
     ice: Arc<IceConfig>,
     max_message_bytes: usize,
+    trusted_proxies: Arc<[IpNet]>,
+    shared: Arc<crate::Shared>,
 }
 
 /// Starts the hub (a task, or a cluster node's Redis supervisor); it ends when `shutdown`
@@ -121,12 +131,15 @@ pub fn spawn(
     shared: Arc<crate::Shared>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SignalState, Option<tokio::task::JoinHandle<()>>)> {
+    let shared_for_state = shared.clone();
     let state = |mode| SignalState {
         mode,
         next_conn: Arc::new(AtomicU64::new(1)),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
         ice: Arc::new(config.hub.ice.clone()),
         max_message_bytes: config.hub.max_message_bytes,
+        trusted_proxies: config.trusted_proxies.clone().into(),
+        shared: shared_for_state.clone(),
     };
     if let Some(redis) = config.redis.clone() {
         let (node, task) = crate::cluster::spawn(config.hub.clone(), redis, shared, shutdown)?;
@@ -160,8 +173,8 @@ fn spawn_local(
                 _ = crate::stopped(&mut shutdown) => break,
                 ev = rx.recv() => match ev {
                     None => break,
-                    Some(Event::Connect { conn, addr, host, reply }) => {
-                        match hub.handle_connect_from(now(), conn, addr.ip(), host) {
+                    Some(Event::Connect { conn, ip, host, reply }) => {
+                        match hub.handle_connect_from(now(), conn, ip, host) {
                             Ok(()) => {
                                 let (otx, orx) = mpsc::channel(CONN_QUEUE);
                                 conns.insert(conn, otx);
@@ -272,6 +285,21 @@ async fn ws(
         .read_buffer_size(4096)
         .max_message_size(max)
         .max_frame_size(max);
+    let client = crate::proxy::client_ip(addr.ip(), &headers, &st.trusted_proxies);
+    if client.malformed {
+        st.shared
+            .metrics
+            .hub
+            .forwarded_for_invalid
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            peer = %addr,
+            client = %client.ip,
+            "X-Forwarded-For from a trusted proxy holds an entry that is not an IP address; \
+             using the last good address to its right"
+        );
+    }
+    let ip = client.ip;
     let tx = match &st.mode {
         Mode::Local(tx) => tx.clone(),
         Mode::Cluster(node) => {
@@ -283,12 +311,12 @@ async fn ws(
                 )
                     .into_response();
             }
-            let conn = match node.admit(addr.ip()) {
+            let conn = match node.admit(ip) {
                 Ok(c) => c,
-                Err(e) => return refused(e),
+                Err(e) => return refused(e, ip, addr),
             };
             // Gives the admission back however the upgrade ends.
-            let guard = crate::cluster::Admitted::new(node.clone(), addr.ip());
+            let guard = crate::cluster::Admitted::new(node.clone(), ip);
             let host = request_host(&headers);
             return upgrade
                 .on_upgrade(move |socket| crate::cluster::serve_socket(guard, socket, conn, host));
@@ -299,7 +327,7 @@ async fn ws(
     let host = request_host(&headers);
     let event = Event::Connect {
         conn,
-        addr,
+        ip,
         host,
         reply,
     };
@@ -308,14 +336,16 @@ async fn ws(
     }
     let rx = match answer.await {
         Ok(Ok(rx)) => rx,
-        Ok(Err(e)) => return refused(e),
-        Err(_) => return refused(ConnectError::TooManyConnections),
+        Ok(Err(e)) => return refused(e, ip, addr),
+        Err(_) => return refused(ConnectError::TooManyConnections, ip, addr),
     };
     upgrade.on_upgrade(move |socket| serve_socket(socket, conn, rx, tx))
 }
 
-/// The HTTP answer to a connection the hub refused.
-fn refused(e: ConnectError) -> Response {
+/// The HTTP answer to a connection the hub refused; `client` is the address the limits
+/// counted, `peer` the TCP peer (a proxy's address when they differ).
+fn refused(e: ConnectError, client: IpAddr, peer: SocketAddr) -> Response {
+    tracing::debug!(%client, %peer, reason = %e, "signaling connection refused");
     match e {
         ConnectError::TooManyFromIp => (
             StatusCode::TOO_MANY_REQUESTS,

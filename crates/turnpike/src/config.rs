@@ -132,6 +132,7 @@ pub struct FileConfig {
     hub_keepalive_timeout: Option<u64>,
     hub_resume_window: Option<u64>,
     hub_replay_cap: Option<usize>,
+    trusted_proxy: Option<Vec<String>>,
     redis: Option<String>,
     redis_prefix: Option<String>,
     redis_node_timeout: Option<u64>,
@@ -152,6 +153,7 @@ pub struct FileConfig {
     max_permissions: Option<usize>,
     max_channels: Option<usize>,
     turn_url: Option<Vec<String>>,
+    stun_url: Option<Vec<String>>,
     drain: Option<bool>,
     drain_timeout: Option<u64>,
     alternate_server: Option<SocketAddr>,
@@ -269,6 +271,16 @@ pub struct ServeArgs {
     /// Messages kept per signaling session for replay on resume [default: 256].
     #[arg(long, env = "TURNPIKE_HUB_REPLAY_CAP", value_name = "N")]
     pub hub_replay_cap: Option<usize>,
+    /// Network of HTTP reverse proxies in front of the hub, `CIDR` or a bare IP (repeatable):
+    /// for requests from them the client address comes from `X-Forwarded-For`, and the
+    /// per-IP limit counts that address [default: none, the header is ignored].
+    #[arg(
+        long,
+        env = "TURNPIKE_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<String>,
     /// Run the hub as one node of a cluster sharing rooms through this Redis
     /// (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`) [default: none: rooms live in this process].
     #[arg(
@@ -386,6 +398,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub turn_url: Vec<String>,
+    /// STUN URL the hub hands out instead of this server's own (repeatable; `{host}` is the
+    /// host the client used), e.g. when clients reach STUN under another name or port.
+    #[arg(
+        long,
+        env = "TURNPIKE_STUN_URL",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub stun_url: Vec<String>,
     /// On SIGTERM/SIGINT, drain first: refuse new TURN allocations, report draining on
     /// /readyz, and stop when the last allocation ends or --drain-timeout passes.
     #[arg(long, env = "TURNPIKE_DRAIN")]
@@ -564,6 +585,8 @@ pub struct Settings {
     pub hub_resume_window: u64,
     /// Messages kept per signaling session for replay on resume.
     pub hub_replay_cap: usize,
+    /// Networks of trusted HTTP reverse proxies (client address from `X-Forwarded-For`).
+    pub trusted_proxy: Vec<String>,
     /// Redis URL of the hub cluster (printed without its password).
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -612,6 +635,8 @@ pub struct Settings {
     pub max_channels: usize,
     /// TURN URLs the hub hands out instead of this server's own.
     pub turn_url: Vec<String>,
+    /// STUN URLs the hub hands out instead of this server's own.
+    pub stun_url: Vec<String>,
     /// Drain before stopping.
     pub drain: bool,
     /// Longest drain, seconds.
@@ -647,6 +672,7 @@ impl Default for Settings {
             hub_keepalive_timeout: 60,
             hub_resume_window: 30,
             hub_replay_cap: 256,
+            trusted_proxy: Vec::new(),
             redis: None,
             redis_prefix: "turnpike:".to_owned(),
             redis_node_timeout: 10,
@@ -667,6 +693,7 @@ impl Default for Settings {
             max_permissions: 64,
             max_channels: 64,
             turn_url: Vec::new(),
+            stun_url: Vec::new(),
             drain: false,
             drain_timeout: 600,
             alternate_server: None,
@@ -765,6 +792,9 @@ impl Settings {
                 .hub_replay_cap
                 .or(file.hub_replay_cap)
                 .unwrap_or(d.hub_replay_cap),
+            trusted_proxy: nonempty(&args.trusted_proxy)
+                .or(file.trusted_proxy)
+                .unwrap_or(d.trusted_proxy),
             redis: args.redis.clone().or(file.redis).filter(|s| !s.is_empty()),
             redis_prefix: args
                 .redis_prefix
@@ -818,6 +848,9 @@ impl Settings {
             turn_url: nonempty(&args.turn_url)
                 .or(file.turn_url)
                 .unwrap_or(d.turn_url),
+            stun_url: nonempty(&args.stun_url)
+                .or(file.stun_url)
+                .unwrap_or(d.stun_url),
             drain: args.drain || file.drain.unwrap_or(d.drain),
             drain_timeout: args
                 .drain_timeout
@@ -988,6 +1021,21 @@ impl Settings {
                 bail!("--turn-url {u}: a TURN URL starts with turn: or turns:");
             }
         }
+        for u in &self.stun_url {
+            if !(u.starts_with("stun:") || u.starts_with("stuns:")) {
+                bail!("--stun-url {u}: a STUN URL starts with stun: or stuns:");
+            }
+        }
+        let trusted_proxies = self
+            .trusted_proxy
+            .iter()
+            .map(|p| parse_trusted_proxy(p))
+            .collect::<Result<Vec<_>>>()?;
+        let stun_urls = if self.stun_url.is_empty() {
+            vec![format!("stun:{{host}}:{}", primary.port())]
+        } else {
+            self.stun_url.clone()
+        };
         if let Some(t) = &turn
             && !self.turn_url.is_empty()
         {
@@ -1024,7 +1072,7 @@ impl Settings {
                 replay_cap: self.hub_replay_cap,
                 hub_secret: self.hub_secret.as_ref().map(|s| s.as_bytes().to_vec()),
                 ice: turnpike_signal::creds::IceConfig {
-                    stun_urls: vec![format!("stun:{{host}}:{}", primary.port())],
+                    stun_urls,
                     turn_urls,
                     secret: hub_turn_secret,
                     ttl_secs: self.ice_ttl,
@@ -1041,6 +1089,7 @@ impl Settings {
                     prefix: self.redis_prefix.clone(),
                     node_timeout: Duration::from_secs(self.redis_node_timeout),
                 }),
+            trusted_proxies,
         };
         let udp_workers = match self.udp_workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -1271,6 +1320,38 @@ impl Settings {
     }
 }
 
+/// A `--trusted-proxy` value: `IP/PREFIX` (host bits are masked off) or a bare IP (a /32 or
+/// /128).
+fn parse_trusted_proxy(s: &str) -> Result<ipnet::IpNet> {
+    let text = s.trim();
+    let (addr_text, prefix_text) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let Ok(addr) = addr_text.parse::<IpAddr>() else {
+        bail!(
+            "--trusted-proxy {s}: `{addr_text}` is not an IP address (give a network such as \
+             10.0.0.0/8 or 2001:db8::/32, or one address)"
+        );
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let Some(prefix_text) = prefix_text else {
+        return Ok(ipnet::IpNet::from(addr));
+    };
+    let prefix = prefix_text
+        .parse::<u8>()
+        .ok()
+        .filter(|p| prefix_text.bytes().all(|b| b.is_ascii_digit()) && *p <= max);
+    let Some(net) = prefix.and_then(|p| ipnet::IpNet::new(addr, p).ok()) else {
+        bail!(
+            "--trusted-proxy {s}: the prefix length must be a number from 0 to {max} for an {} \
+             network",
+            if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+        );
+    };
+    Ok(net.trunc())
+}
+
 /// The TURN part of the driver configuration plus the secret the hub signs credentials with.
 struct TurnParts {
     server: turnpike_server::TurnSettings,
@@ -1311,6 +1392,18 @@ mod tests {
             Settings::default(),
             "the example documents the defaults"
         );
+        // Every key --print-config shows for the defaults is set in the example, not left to
+        // its default by omission.
+        let printed = Settings::default().to_toml().unwrap();
+        for key in printed
+            .lines()
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+        {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "config/turnpike.toml does not set `{key}`"
+            );
+        }
     }
 
     #[test]
@@ -1336,6 +1429,31 @@ mod tests {
             &args(|a| a.redis = Some("rediss://r:6379".into())),
         );
         assert!(bad.server_config().is_err());
+    }
+
+    #[test]
+    fn open_file_estimate_counts_every_limit() {
+        let needed = |f: &dyn Fn(&mut ServeArgs)| {
+            let a = args(|a| {
+                a.listen = vec!["127.0.0.1:3478".parse().unwrap()];
+                a.max_allocations = Some(1000);
+                a.tcp_max_connections = Some(100);
+                a.hub_max_connections = Some(50);
+                f(a);
+            });
+            Settings::merge(FileConfig::default(), &a)
+                .server_config()
+                .unwrap()
+                .open_files_needed()
+        };
+        assert_eq!(needed(&|_| {}), 1000 + 100 + 50 + 256);
+        // Both relay families: two sockets per allocation.
+        assert_eq!(
+            needed(&|a| a.relay_ip = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]),
+            2000 + 100 + 50 + 256
+        );
+        // No HTTP, no hub WebSockets.
+        assert_eq!(needed(&|a| a.http = Some(Endpoint::Off)), 1000 + 100 + 256);
     }
 
     #[test]
@@ -1527,6 +1645,104 @@ mod tests {
                 .ice
                 .turn_urls
                 .contains(&"turns:{host}:5349?transport=tcp".to_owned())
+        );
+    }
+
+    #[test]
+    fn stun_urls_replace_the_servers_own() {
+        let with = |urls: &[&str]| Settings {
+            listen: vec!["127.0.0.1:3478".parse().unwrap()],
+            stun_url: urls.iter().map(|u| (*u).to_owned()).collect(),
+            ..Settings::default()
+        };
+        let c = with(&[]).server_config().unwrap();
+        assert_eq!(c.signal.hub.ice.stun_urls, ["stun:{host}:3478"]);
+        let urls = ["stun:{host}:19302", "stuns:stun.example.org:5349"];
+        let c = with(&urls).server_config().unwrap();
+        assert_eq!(c.signal.hub.ice.stun_urls, urls);
+        for bad in [
+            "turn:stun.example.org:3478",
+            "stun.example.org:3478",
+            "STUN:x",
+            "",
+        ] {
+            let e = with(&[bad]).server_config().unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("--stun-url {bad}:")) && e.contains("stun: or stuns:"),
+                "{e}"
+            );
+        }
+        let file = FileConfig::parse("stun_url = [\"stun:a.example:3478\"]").unwrap();
+        let s = Settings::merge(file, &ServeArgs::default());
+        assert_eq!(s.stun_url, ["stun:a.example:3478"]);
+        assert!(
+            s.to_toml()
+                .unwrap()
+                .contains("stun_url = [\"stun:a.example:3478\"]")
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_parsed_and_checked() {
+        let with = |nets: &[&str]| Settings {
+            listen: vec!["127.0.0.1:3478".parse().unwrap()],
+            trusted_proxy: nets.iter().map(|n| (*n).to_owned()).collect(),
+            ..Settings::default()
+        };
+        let c = with(&[]).server_config().unwrap();
+        assert!(c.signal.trusted_proxies.is_empty());
+        let c = with(&[
+            "10.1.2.3/8",
+            "192.0.2.7",
+            "2001:db8::1/32",
+            "::1",
+            " 0.0.0.0/0 ",
+        ])
+        .server_config()
+        .unwrap();
+        let shown: Vec<String> = c
+            .signal
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "10.0.0.0/8",
+                "192.0.2.7/32",
+                "2001:db8::/32",
+                "::1/128",
+                "0.0.0.0/0"
+            ],
+            "host bits masked, bare addresses are single hosts"
+        );
+        for (bad, needle) in [
+            ("10.0.0.0/33", "from 0 to 32 for an IPv4"),
+            ("2001:db8::/129", "from 0 to 128 for an IPv6"),
+            ("10.0.0.0/", "prefix length"),
+            ("10.0.0.0/+8", "prefix length"),
+            ("10.0.0.0/8/8", "prefix length"),
+            ("proxy.example", "not an IP address"),
+            ("10.0.0.0.1/8", "not an IP address"),
+            ("", "not an IP address"),
+        ] {
+            let e = with(&[bad]).server_config().unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("--trusted-proxy {bad}: ")) && e.contains(needle),
+                "{e} should mention {needle}"
+            );
+        }
+        let file = FileConfig::parse("trusted_proxy = [\"10.0.0.0/8\"]").unwrap();
+        let s = Settings::merge(
+            file,
+            &args(|a| a.trusted_proxy = vec!["192.0.2.0/24".into()]),
+        );
+        assert_eq!(s.trusted_proxy, ["192.0.2.0/24"], "the flag wins");
+        assert!(
+            s.to_toml()
+                .unwrap()
+                .contains("trusted_proxy = [\"192.0.2.0/24\"]")
         );
     }
 

@@ -72,13 +72,15 @@ impl Signals {
 
 fn serve(args: ServeArgs) -> Result<()> {
     let settings = Settings::load(&args)?;
+    // Logs go to stderr and start before validation: its warnings (say, TURN off for lack of a
+    // relay IP) must reach the operator, with --print-config too.
+    init_logging(settings.log_format);
     // Validate before printing, so --print-config never shows a configuration serve rejects.
     let config = settings.server_config()?;
     if args.print_config {
         print!("{}", settings.to_toml()?);
         return Ok(());
     }
-    init_logging(settings.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("turnpike")
