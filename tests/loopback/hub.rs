@@ -584,3 +584,48 @@ async fn without_trusted_proxies_x_forwarded_for_is_ignored() {
         "{out}"
     );
 }
+
+/// A client that trickles its request headers is cut off at the header deadline (10 s from
+/// when the server starts reading the request), although every byte it sends would reset the
+/// 120 s idle timer; a WebSocket opened at the same time outlives that deadline, and the
+/// listener keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_headers_are_cut_off_but_websockets_live_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = start();
+    let mut ws = connect(&srv).await;
+    let mut slow = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+    let started = tokio::time::Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let closed_after = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a trickling client still holds its connection after 20 s"
+        );
+        // One header byte a second: never idle, never done.
+        match tokio::time::timeout(Duration::from_secs(1), slow.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break started.elapsed(),
+            Ok(Ok(n)) => {
+                let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+                // hyper may answer 408 before closing.
+                assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            }
+            Err(_) => {
+                if slow.write_all(b"X").await.is_err() {
+                    break started.elapsed();
+                }
+            }
+        }
+    };
+    assert!(
+        closed_after >= Duration::from_secs(9),
+        "closed after {closed_after:?}, before the 10 s header deadline"
+    );
+    // The WebSocket opened before the trickle is older than the deadline and still works.
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+    assert!(http_get(srv.http, "/healthz").starts_with("HTTP/1.1 200"));
+}

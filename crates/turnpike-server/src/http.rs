@@ -26,6 +26,11 @@ use crate::Shared;
 pub const MAX_HTTP_CONNECTIONS: usize = 1024;
 /// A connection that sends nothing for this long is closed (idle keep-alive, slow headers).
 pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A request's head (request line and headers) must arrive within this time of the server
+/// starting to read it, or the connection is closed: a client trickling header bytes cannot
+/// hold a connection slot for long. An idle keep-alive connection is closed after this time
+/// too; an upgraded WebSocket is not affected.
+pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TCP listener that serves a bounded number of connections at a time and closes
 /// connections idle for `HTTP_IDLE_TIMEOUT`, so a public HTTP port cannot be used to exhaust
@@ -181,8 +186,64 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-async fn until_shutdown(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
+/// Serves `app` on `listener` until `rx` says stop, then lets the requests in flight finish
+/// (idle connections close at once). HTTP/1.1 only, as the listeners need (WebSocket
+/// upgrades included); each request carries axum's `ConnectInfo<SocketAddr>`.
+///
+/// This is `axum::serve` plus what it cannot be told: [`HTTP_HEADER_TIMEOUT`], which hyper
+/// enforces only with a timer, and axum gives it none.
+async fn serve_app(mut listener: CappedListener, app: Router, mut rx: watch::Receiver<bool>) {
+    use axum::serve::Listener as _;
+    use tower::ServiceExt as _;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HTTP_HEADER_TIMEOUT);
+    // Connections watch `stop`; each holds a clone of `live` until it ends.
+    let (stop, _) = watch::channel(false);
+    let (live_tx, live) = watch::channel(());
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = rx.wait_for(|stop| *stop) => break,
+        };
+        let app =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(addr));
+                    req
+                });
+        let conn = http
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(io),
+                hyper_util::service::TowerToHyperService::new(app),
+            )
+            .with_upgrades();
+        let mut stopping = stop.subscribe();
+        let alive = live.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stopping.wait_for(|stop| *stop) => None,
+            };
+            let result = match ended {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %addr, error = %e, "HTTP connection ended with an error");
+            }
+            drop(alive);
+        });
+    }
+    drop(live);
+    let _ = stop.send(true);
+    live_tx.closed().await;
 }
 
 /// The router of the `--http` listener.
@@ -202,20 +263,11 @@ pub async fn serve_health(
     capacity: usize,
     rx: watch::Receiver<bool>,
 ) {
-    use axum::serve::ListenerExt as _;
     let mut app = health_router(shared).merge(crate::demo::routes());
     if let Some(state) = signal {
         app = app.merge(crate::signal::routes(state));
     }
-    // tap_io is a no-op here; it makes axum's SocketAddr connect-info apply to our listener.
-    let listener = CappedListener::with_capacity(listener, capacity).tap_io(|_io| {});
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(until_shutdown(rx))
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
+    serve_app(CappedListener::with_capacity(listener, capacity), app, rx).await;
 }
 
 /// Serves `/metrics` until shutdown.
@@ -223,10 +275,5 @@ pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, rx: watch
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(shared);
-    if let Err(e) = axum::serve(CappedListener::new(listener), app)
-        .with_graceful_shutdown(until_shutdown(rx))
-        .await
-    {
-        tracing::error!(error = %e, "metrics server failed");
-    }
+    serve_app(CappedListener::new(listener), app, rx).await;
 }
