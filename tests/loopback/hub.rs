@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::server::{Server, free_port, http_get, run_to_exit};
+use crate::server::{Server, free_port, http_get, run_to_exit, try_http_get};
 
 pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -628,4 +628,70 @@ async fn trickled_headers_are_cut_off_but_websockets_live_on() {
     send(&mut ws, json!({"type": "ping"})).await;
     assert_eq!(recv(&mut ws).await["type"], "pong");
     assert!(http_get(srv.http, "/healthz").starts_with("HTTP/1.1 200"));
+}
+
+/// One address cannot take every slot of the HTTP listener: with
+/// `--hub-max-connections-per-ip 1` it may hold 1 + 32 connections; the next one gets 429 and
+/// is closed (and counted), another address is still served, and a connection that ends
+/// gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_fill_the_http_listener() {
+    use tokio::io::AsyncReadExt;
+    let p = free_port("127.0.0.1");
+    let srv = Server::start(&[
+        "--listen",
+        &format!("127.0.0.1:{p}"),
+        "--hub-max-connections-per-ip",
+        "1",
+    ]);
+    let mut held = Vec::new();
+    for _ in 0..33 {
+        held.push(tokio::net::TcpStream::connect(srv.http).await.unwrap());
+    }
+    let mut over = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), over.read_to_string(&mut answer))
+        .await
+        .expect("the connection over the share is answered and closed at once")
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 429")
+            && answer.ends_with("too many connections from this address\n"),
+        "{answer}"
+    );
+    assert_eq!(srv.metric("turnpike_http_connections_refused_total"), 1);
+    // Another address has its own share.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = other.connect(srv.http).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        other
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+    }
+    let mut ok = String::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_string(&mut ok))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    // A connection that ends gives its slot back.
+    drop(held.pop());
+    let http = srv.http;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let served = tokio::task::spawn_blocking(move || {
+        loop {
+            match try_http_get(http, "/healthz") {
+                Some(r) if r.starts_with("HTTP/1.1 200") => return true,
+                _ if std::time::Instant::now() > deadline => return false,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(served, "a freed slot is reusable");
+    drop(held);
 }

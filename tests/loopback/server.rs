@@ -230,7 +230,8 @@ fn free_tcp() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
+/// GET over HTTP/1.1; `None` when the connection or the exchange fails.
+pub fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     write!(

@@ -9,7 +9,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,12 +34,75 @@ pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// too; an upgraded WebSocket is not affected.
 pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A TCP listener that serves a bounded number of connections at a time and closes
-/// connections idle for `HTTP_IDLE_TIMEOUT`, so a public HTTP port cannot be used to exhaust
-/// the process's file descriptors.
+/// Connections one client address may hold on the `--http` listener on top of its hub
+/// WebSockets (`--hub-max-connections-per-ip`): page loads, `/v1/ice-servers`, upgrades in
+/// progress.
+pub const HTTP_EXTRA_CONNECTIONS_PER_IP: usize = 32;
+
+/// The answer to a connection over its address's share, written without waiting (the socket
+/// is new, so its send buffer is empty) before it is closed.
+const TOO_MANY_FROM_IP: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain\r\n\
+content-length: 39\r\nconnection: close\r\n\r\ntoo many connections from this address\n";
+
+/// A per-address share of a listener: without it one client could take every slot.
+pub struct PerIpCap {
+    /// Connections one address may hold.
+    pub max: usize,
+    /// Peers exempt from the share: trusted reverse proxies (`--trusted-proxy`), whose clients
+    /// the hub counts by `X-Forwarded-For`.
+    pub exempt: Arc<[ipnet::IpNet]>,
+    /// Where refusals are counted.
+    pub shared: Arc<Shared>,
+}
+
+/// Live connections per address; at most one entry per open connection.
+struct PerIp {
+    cap: PerIpCap,
+    live: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// A slot for a connection from `ip`, or `None` when `ip` holds its share already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let ip = ip.to_canonical();
+        if crate::proxy::is_trusted(ip, &self.cap.exempt) {
+            return Some(IpSlot(None));
+        }
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let n = live.entry(ip).or_insert(0);
+        if *n >= self.cap.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(Some((self.clone(), ip))))
+    }
+}
+
+/// A connection's place in its address's share, given back when the connection ends.
+struct IpSlot(Option<(Arc<PerIp>, IpAddr)>);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((per_ip, ip)) = self.0.take() {
+            let mut live = per_ip.live.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = live.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    live.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// A TCP listener that serves a bounded number of connections at a time (optionally a
+/// bounded number per client address) and closes connections idle for `HTTP_IDLE_TIMEOUT`,
+/// so a public HTTP port cannot be used to exhaust the process's file descriptors or be
+/// filled by one client.
 pub struct CappedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    per_ip: Option<Arc<PerIp>>,
 }
 
 impl CappedListener {
@@ -51,7 +116,18 @@ impl CappedListener {
         CappedListener {
             inner,
             permits: Arc::new(Semaphore::new(capacity.max(1))),
+            per_ip: None,
         }
+    }
+
+    /// Limits the connections each client address holds at once; one over its share gets
+    /// `429 Too Many Requests` and is closed.
+    pub fn per_ip(mut self, cap: PerIpCap) -> Self {
+        self.per_ip = Some(Arc::new(PerIp {
+            cap,
+            live: std::sync::Mutex::new(HashMap::new()),
+        }));
+        self
     }
 }
 
@@ -67,6 +143,23 @@ impl axum::serve::Listener for CappedListener {
             };
             match self.inner.accept().await {
                 Ok((io, addr)) => {
+                    let ip_slot = match &self.per_ip {
+                        None => IpSlot(None),
+                        Some(per_ip) => match per_ip.take(addr.ip()) {
+                            Some(slot) => slot,
+                            None => {
+                                let _ = io.try_write(TOO_MANY_FROM_IP);
+                                per_ip
+                                    .cap
+                                    .shared
+                                    .metrics
+                                    .http_refused_per_ip
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(peer = %addr, "HTTP connection over its address's share refused");
+                                continue;
+                            }
+                        },
+                    };
                     // Signaling messages are small and latency-bound: no Nagle delay.
                     let _ = io.set_nodelay(true);
                     let sleep = Box::pin(tokio::time::sleep(HTTP_IDLE_TIMEOUT));
@@ -74,6 +167,7 @@ impl axum::serve::Listener for CappedListener {
                         CappedIo {
                             io,
                             _permit: permit,
+                            _ip_slot: ip_slot,
                             sleep,
                         },
                         addr,
@@ -97,6 +191,7 @@ impl axum::serve::Listener for CappedListener {
 pub struct CappedIo {
     io: TcpStream,
     _permit: OwnedSemaphorePermit,
+    _ip_slot: IpSlot,
     sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -261,13 +356,15 @@ pub async fn serve_health(
     shared: Arc<Shared>,
     signal: Option<crate::signal::SignalState>,
     capacity: usize,
+    per_ip: PerIpCap,
     rx: watch::Receiver<bool>,
 ) {
     let mut app = health_router(shared).merge(crate::demo::routes());
     if let Some(state) = signal {
         app = app.merge(crate::signal::routes(state));
     }
-    serve_app(CappedListener::with_capacity(listener, capacity), app, rx).await;
+    let listener = CappedListener::with_capacity(listener, capacity).per_ip(per_ip);
+    serve_app(listener, app, rx).await;
 }
 
 /// Serves `/metrics` until shutdown.

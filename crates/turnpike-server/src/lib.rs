@@ -265,6 +265,12 @@ impl Server {
                 shared.clone(),
                 Some(hub),
                 http::MAX_HTTP_CONNECTIONS + config.signal.hub.max_connections,
+                http::PerIpCap {
+                    max: config.signal.hub.max_connections_per_ip
+                        + http::HTTP_EXTRA_CONNECTIONS_PER_IP,
+                    exempt: config.signal.trusted_proxies.clone().into(),
+                    shared: shared.clone(),
+                },
                 rx.clone(),
             )));
         }

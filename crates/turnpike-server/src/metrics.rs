@@ -137,6 +137,9 @@ pub struct Metrics {
     pub tls_handshake_failures: AtomicU64,
     /// UDP datagrams the kernel refused to send.
     pub udp_send_errors: AtomicU64,
+    /// HTTP connections refused (429) because their address held its share of the `--http`
+    /// listener.
+    pub http_refused_per_ip: AtomicU64,
     /// The signaling hub's numbers, published by the hub task.
     pub hub: HubMetrics,
     /// TURN numbers of each UDP shard, published by the shard.
@@ -600,6 +603,12 @@ impl Metrics {
                 "TCP connections refused at the connection cap.",
                 "counter",
                 &self.tcp_rejected,
+            ),
+            (
+                "turnpike_http_connections_refused_total",
+                "HTTP connections refused (429) because their address held its share of the --http listener.",
+                "counter",
+                &self.http_refused_per_ip,
             ),
             (
                 "turnpike_tcp_connections_idle_closed_total",
