@@ -627,7 +627,33 @@ async fn trickled_headers_are_cut_off_but_websockets_live_on() {
     // The WebSocket opened before the trickle is older than the deadline and still works.
     send(&mut ws, json!({"type": "ping"})).await;
     assert_eq!(recv(&mut ws).await["type"], "pong");
-    assert!(http_get(srv.http, "/healthz").starts_with("HTTP/1.1 200"));
+    // One request per connection: a load balancer never reuses a connection the server is
+    // about to close (hyper's header timer would run on idle keep-alive connections too).
+    let mut fresh = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+    fresh
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), fresh.read_to_string(&mut answer))
+        .await
+        .expect("the server closes the connection after its one answer")
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200")
+            && answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // A request head over 16 KiB is refused, not buffered.
+    let mut big = tokio::net::TcpStream::connect(srv.http).await.unwrap();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let _ = big.write_all(head.as_bytes()).await;
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), big.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
 
 /// One address cannot take every slot of the HTTP listener: with

@@ -26,13 +26,15 @@ use crate::Shared;
 /// The HTTP listener of the signaling hub has room for the hub's WebSocket connections on top
 /// (an upgraded socket keeps its slot; the hub refuses those over its own cap with 503).
 pub const MAX_HTTP_CONNECTIONS: usize = 1024;
-/// A connection that sends nothing for this long is closed (idle keep-alive, slow headers).
+/// A connection that sends nothing for this long is closed (an upgraded WebSocket included).
 pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// A request's head (request line and headers) must arrive within this time of the server
-/// starting to read it, or the connection is closed: a client trickling header bytes cannot
-/// hold a connection slot for long. An idle keep-alive connection is closed after this time
-/// too; an upgraded WebSocket is not affected.
+/// A request's head (request line and headers) must arrive within this time of the
+/// connection being accepted, or the connection is closed: a client trickling header bytes
+/// cannot hold a connection slot for long. An upgraded WebSocket is not affected.
 pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted (hyper's read buffer); a larger one gets 431. Bounds the
+/// memory a connection can make the server hold while its headers arrive.
+pub const HTTP_MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Connections one client address may hold on the `--http` listener on top of its hub
 /// WebSockets (`--hub-max-connections-per-ip`): page loads, `/v1/ice-servers`, upgrades in
@@ -286,14 +288,20 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 /// upgrades included); each request carries axum's `ConnectInfo<SocketAddr>`.
 ///
 /// This is `axum::serve` plus what it cannot be told: [`HTTP_HEADER_TIMEOUT`], which hyper
-/// enforces only with a timer, and axum gives it none.
+/// enforces only with a timer, and axum gives it none; [`HTTP_MAX_HEAD_BYTES`]; and no
+/// keep-alive: each connection carries one request (or one WebSocket upgrade). hyper runs
+/// the header timer on idle keep-alive connections too, so with keep-alive a load balancer
+/// reusing a backend connection for longer than the timeout (60 s is common) would race the
+/// server closing it and fail requests; the listeners serve few, small requests, so a new
+/// connection per request costs nothing that matters.
 async fn serve_app(mut listener: CappedListener, app: Router, mut rx: watch::Receiver<bool>) {
     use axum::serve::Listener as _;
     use tower::ServiceExt as _;
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HTTP_HEADER_TIMEOUT);
+        .header_read_timeout(HTTP_HEADER_TIMEOUT)
+        .max_buf_size(HTTP_MAX_HEAD_BYTES);
     // Connections watch `stop`; each holds a clone of `live` until it ends.
     let (stop, _) = watch::channel(false);
     let (live_tx, live) = watch::channel(());
@@ -302,13 +310,24 @@ async fn serve_app(mut listener: CappedListener, app: Router, mut rx: watch::Rec
             accepted = listener.accept() => accepted,
             _ = rx.wait_for(|stop| *stop) => break,
         };
-        let app =
-            app.clone()
-                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(addr));
-                    req
-                });
+        let app = app
+            .clone()
+            .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(addr));
+                req
+            })
+            // No keep-alive (see above): hyper closes a connection after a response that
+            // says `connection: close`. Not a WebSocket upgrade: its 101 says `upgrade`.
+            .map_response(|mut res: axum::response::Response| {
+                if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    res.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                }
+                res
+            });
         let conn = http
             .serve_connection(
                 hyper_util::rt::TokioIo::new(io),
@@ -336,6 +355,8 @@ async fn serve_app(mut listener: CappedListener, app: Router, mut rx: watch::Rec
             drop(alive);
         });
     }
+    // New connections are refused from now on, not left waiting in the backlog.
+    drop(listener);
     drop(live);
     let _ = stop.send(true);
     live_tx.closed().await;

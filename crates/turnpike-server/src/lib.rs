@@ -95,21 +95,22 @@ pub struct TlsSettings {
 
 impl ServerConfig {
     /// File descriptors the configured limits can use at once: a relay socket per allocation
-    /// (two when both IPv4 and IPv6 relays are offered), a socket per TCP/TLS client, a
-    /// WebSocket per hub connection when HTTP is on, and 256 for listeners, the metrics and
-    /// health endpoints, Redis and the runtime.
+    /// (two when both IPv4 and IPv6 relays are offered), a socket per TCP/TLS client, the
+    /// `--http` listener's connections (1024 plus a WebSocket per hub connection), the
+    /// `--metrics` listener's 1024, and 256 for listeners, Redis and the runtime.
     pub fn open_files_needed(&self) -> u64 {
         let relays = self.turn.as_ref().map_or(0, |t| {
             let per =
                 u64::from(t.config.relay_v4.is_some()) + u64::from(t.config.relay_v6.is_some());
             t.quotas.total as u64 * per.max(1)
         });
-        let hub = if self.http.is_some() {
-            self.signal.hub.max_connections as u64
-        } else {
-            0
-        };
-        relays + self.tcp_max_connections as u64 + hub + 256
+        let http = self.http.map_or(0, |_| {
+            (http::MAX_HTTP_CONNECTIONS + self.signal.hub.max_connections) as u64
+        });
+        let metrics = self
+            .metrics
+            .map_or(0, |_| http::MAX_HTTP_CONNECTIONS as u64);
+        relays + self.tcp_max_connections as u64 + http + metrics + 256
     }
 
     /// Every STUN address to bind: the `listen` addresses, then the extra RFC 5780 ones.

@@ -59,6 +59,8 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 ///
 /// Addresses taken from the header are canonical (`::ffff:192.0.2.1` becomes `192.0.2.1`).
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> ClientIp {
+    // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d: one client, one key.
+    let peer = peer.to_canonical();
     let mut found = ClientIp {
         ip: peer,
         malformed: false,
@@ -188,6 +190,13 @@ mod tests {
             resolve("127.0.0.1", &["203.0.113.1"], &[]),
             good("127.0.0.1")
         );
+        // An IPv4 client on a dual-stack socket is counted as the IPv4 address it is, with
+        // or without a header, trusted networks or not.
+        assert_eq!(
+            resolve("::ffff:198.51.100.7", &[], &[]),
+            good("198.51.100.7")
+        );
+        assert_eq!(resolve("::ffff:10.0.0.1", &[], PROXIES), good("10.0.0.1"));
     }
 
     #[test]

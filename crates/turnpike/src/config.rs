@@ -1022,8 +1022,19 @@ impl Settings {
             }
         }
         for u in &self.stun_url {
-            if !(u.starts_with("stun:") || u.starts_with("stuns:")) {
+            let Some(rest) = u.strip_prefix("stun:").or_else(|| u.strip_prefix("stuns:")) else {
                 bail!("--stun-url {u}: a STUN URL starts with stun: or stuns:");
+            };
+            // RFC 7064: stun:HOST[:PORT], no query; browsers refuse the whole ICE server list
+            // over one malformed URL.
+            if rest.is_empty()
+                || rest.starts_with(':')
+                || rest.contains(['?', '/', '@'])
+                || rest.contains(|c: char| c.is_whitespace() || c.is_control())
+            {
+                bail!(
+                    "--stun-url {u}: a STUN URL is stun:HOST or stun:HOST:PORT (no path, query or user)"
+                );
             }
         }
         let trusted_proxies = self
@@ -1031,6 +1042,13 @@ impl Settings {
             .iter()
             .map(|p| parse_trusted_proxy(p))
             .collect::<Result<Vec<_>>>()?;
+        for net in trusted_proxies.iter().filter(|n| n.prefix_len() == 0) {
+            tracing::warn!(
+                network = %net,
+                "--trusted-proxy trusts every address: any client can choose the address the \
+                 per-IP limit counts by sending X-Forwarded-For"
+            );
+        }
         let stun_urls = if self.stun_url.is_empty() {
             vec![format!("stun:{{host}}:{}", primary.port())]
         } else {
@@ -1446,14 +1464,21 @@ mod tests {
                 .unwrap()
                 .open_files_needed()
         };
-        assert_eq!(needed(&|_| {}), 1000 + 100 + 50 + 256);
+        // Relays, TCP clients, the HTTP listener (1024 + hub), the metrics listener (1024).
+        assert_eq!(needed(&|_| {}), 1000 + 100 + (1024 + 50) + 1024 + 256);
         // Both relay families: two sockets per allocation.
         assert_eq!(
             needed(&|a| a.relay_ip = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]),
-            2000 + 100 + 50 + 256
+            2000 + 100 + (1024 + 50) + 1024 + 256
         );
-        // No HTTP, no hub WebSockets.
-        assert_eq!(needed(&|a| a.http = Some(Endpoint::Off)), 1000 + 100 + 256);
+        // No HTTP, no hub WebSockets; no metrics listener.
+        assert_eq!(
+            needed(&|a| {
+                a.http = Some(Endpoint::Off);
+                a.metrics = Some(Endpoint::Off);
+            }),
+            1000 + 100 + 256
+        );
     }
 
     #[test]
@@ -1671,6 +1696,17 @@ mod tests {
                 e.contains(&format!("--stun-url {bad}:")) && e.contains("stun: or stuns:"),
                 "{e}"
             );
+        }
+        for bad in [
+            "stun:h:3478?transport=udp",
+            "stun:",
+            "stun::3478",
+            "stun:user@h",
+            "stun:h/path",
+            "stun:h 3478",
+        ] {
+            let e = with(&[bad]).server_config().unwrap_err().to_string();
+            assert!(e.contains("stun:HOST or stun:HOST:PORT"), "{bad}: {e}");
         }
         let file = FileConfig::parse("stun_url = [\"stun:a.example:3478\"]").unwrap();
         let s = Settings::merge(file, &ServeArgs::default());
