@@ -53,13 +53,13 @@ pub struct PerIpCap {
     /// Peers exempt from the share: trusted reverse proxies (`--trusted-proxy`), whose clients
     /// the hub counts by `X-Forwarded-For`.
     pub exempt: Arc<[ipnet::IpNet]>,
-    /// Where refusals are counted.
-    pub shared: Arc<Shared>,
 }
 
 /// Live connections per address; at most one entry per open connection.
 struct PerIp {
     cap: PerIpCap,
+    /// Where refusals are counted.
+    shared: Arc<Shared>,
     live: std::sync::Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -124,9 +124,11 @@ impl CappedListener {
 
     /// Limits the connections each client address holds at once; one over its share gets
     /// `429 Too Many Requests` and is closed.
-    pub fn per_ip(mut self, cap: PerIpCap) -> Self {
+    /// Refusals are counted in `shared`'s metrics.
+    pub fn per_ip(mut self, cap: PerIpCap, shared: Arc<Shared>) -> Self {
         self.per_ip = Some(Arc::new(PerIp {
             cap,
+            shared,
             live: std::sync::Mutex::new(HashMap::new()),
         }));
         self
@@ -152,7 +154,6 @@ impl axum::serve::Listener for CappedListener {
                             None => {
                                 let _ = io.try_write(TOO_MANY_FROM_IP);
                                 per_ip
-                                    .cap
                                     .shared
                                     .metrics
                                     .http_refused_per_ip
@@ -380,11 +381,11 @@ pub async fn serve_health(
     per_ip: PerIpCap,
     rx: watch::Receiver<bool>,
 ) {
-    let mut app = health_router(shared).merge(crate::demo::routes());
+    let mut app = health_router(shared.clone()).merge(crate::demo::routes());
     if let Some(state) = signal {
         app = app.merge(crate::signal::routes(state));
     }
-    let listener = CappedListener::with_capacity(listener, capacity).per_ip(per_ip);
+    let listener = CappedListener::with_capacity(listener, capacity).per_ip(per_ip, shared);
     serve_app(listener, app, rx).await;
 }
 

@@ -104,13 +104,17 @@ impl ServerConfig {
                 u64::from(t.config.relay_v4.is_some()) + u64::from(t.config.relay_v6.is_some());
             t.quotas.total as u64 * per.max(1)
         });
-        let http = self.http.map_or(0, |_| {
-            (http::MAX_HTTP_CONNECTIONS + self.signal.hub.max_connections) as u64
-        });
+        let http = self.http.map_or(0, |_| self.http_capacity() as u64);
         let metrics = self
             .metrics
             .map_or(0, |_| http::MAX_HTTP_CONNECTIONS as u64);
         relays + self.tcp_max_connections as u64 + http + metrics + 256
+    }
+
+    /// Connections the `--http` listener serves at once: its own 1024 plus a WebSocket per
+    /// hub connection (an upgraded socket keeps its slot).
+    pub fn http_capacity(&self) -> usize {
+        http::MAX_HTTP_CONNECTIONS + self.signal.hub.max_connections
     }
 
     /// Every STUN address to bind: the `listen` addresses, then the extra RFC 5780 ones.
@@ -265,12 +269,11 @@ impl Server {
                 l,
                 shared.clone(),
                 Some(hub),
-                http::MAX_HTTP_CONNECTIONS + config.signal.hub.max_connections,
+                config.http_capacity(),
                 http::PerIpCap {
                     max: config.signal.hub.max_connections_per_ip
                         + http::HTTP_EXTRA_CONNECTIONS_PER_IP,
                     exempt: config.signal.trusted_proxies.clone().into(),
-                    shared: shared.clone(),
                 },
                 rx.clone(),
             )));

@@ -1339,35 +1339,28 @@ impl Settings {
 }
 
 /// A `--trusted-proxy` value: `IP/PREFIX` (host bits are masked off) or a bare IP (a /32 or
-/// /128).
+/// /128). `ipnet` parses; the errors say which half is wrong.
 fn parse_trusted_proxy(s: &str) -> Result<ipnet::IpNet> {
     let text = s.trim();
-    let (addr_text, prefix_text) = match text.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (text, None),
-    };
-    let Ok(addr) = addr_text.parse::<IpAddr>() else {
-        bail!(
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    let addr_text = text.split_once('/').map_or(text, |(a, _)| a);
+    match addr_text.parse::<IpAddr>() {
+        Ok(addr) => bail!(
+            "--trusted-proxy {s}: the prefix length must be a number from 0 to {} for an {} \
+             network",
+            if addr.is_ipv4() { 32 } else { 128 },
+            if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+        ),
+        Err(_) => bail!(
             "--trusted-proxy {s}: `{addr_text}` is not an IP address (give a network such as \
              10.0.0.0/8 or 2001:db8::/32, or one address)"
-        );
-    };
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let Some(prefix_text) = prefix_text else {
-        return Ok(ipnet::IpNet::from(addr));
-    };
-    let prefix = prefix_text
-        .parse::<u8>()
-        .ok()
-        .filter(|p| prefix_text.bytes().all(|b| b.is_ascii_digit()) && *p <= max);
-    let Some(net) = prefix.and_then(|p| ipnet::IpNet::new(addr, p).ok()) else {
-        bail!(
-            "--trusted-proxy {s}: the prefix length must be a number from 0 to {max} for an {} \
-             network",
-            if addr.is_ipv4() { "IPv4" } else { "IPv6" }
-        );
-    };
-    Ok(net.trunc())
+        ),
+    }
 }
 
 /// The TURN part of the driver configuration plus the secret the hub signs credentials with.
